@@ -1,0 +1,3 @@
+/* placeholder main, replaced below */
+#include "airavata.h"
+int main(void) { return 0; }

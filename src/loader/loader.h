@@ -1,0 +1,47 @@
+/*
+ * loader.h - internal interface of the checkpoint loader.
+ *
+ * An av_checkpoint is a Hugging Face model directory opened for reading:
+ * its config.json and generation_config.json parsed, and its safetensors
+ * files (one model.safetensors, or the shards that
+ * model.safetensors.index.json names) memory-mapped and validated. Tensor
+ * lookup by name works across shards. The model code (src/model) decides
+ * which tensors a Llama needs and checks their dtypes and shapes through
+ * av_checkpoint_require().
+ */
+#ifndef AV_LOADER_H
+#define AV_LOADER_H
+
+#include "airavata.h"
+
+typedef struct av_checkpoint av_checkpoint;
+
+/* Opens a model directory. Fails with a message naming the file and the
+ * problem when config.json is missing or invalid, when neither
+ * model.safetensors nor model.safetensors.index.json exists, when the index
+ * names a missing shard or a tensor the shard lacks, or when any safetensors
+ * file is malformed. */
+av_checkpoint *av_checkpoint_open(const char *dir);
+void av_checkpoint_close(av_checkpoint *ckpt);
+
+const char *av_checkpoint_dir(const av_checkpoint *ckpt);
+const av_config *av_checkpoint_config(const av_checkpoint *ckpt);
+/* Fields absent from generation_config.json (or the whole file) are -1. */
+const av_generation_config *av_checkpoint_generation_config(const av_checkpoint *ckpt);
+
+int av_checkpoint_tensor_count(const av_checkpoint *ckpt);
+const av_tensor *av_checkpoint_tensor(const av_checkpoint *ckpt, int index);
+/* Returns the tensor called `name` in any shard, or NULL. */
+const av_tensor *av_checkpoint_find(const av_checkpoint *ckpt, const char *name);
+/* Total bytes of tensor data over all files. */
+uint64_t av_checkpoint_data_bytes(const av_checkpoint *ckpt);
+
+/* Returns the tensor `name` after checking that it exists, that its dtype
+ * is F32, F16 or BF16, and that its shape equals shape[0..ndim). On failure
+ * returns NULL with an error such as
+ *   "model.layers.3.mlp.up_proj.weight in DIR/model-00002-of-00003.safetensors:
+ *    shape [11008, 4096] expected, found [4096, 11008]". */
+const av_tensor *av_checkpoint_require(const av_checkpoint *ckpt, const char *name, int ndim,
+                                       const int64_t *shape);
+
+#endif
