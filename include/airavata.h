@@ -235,6 +235,7 @@ typedef struct {
     int n_tokens;          /* tokens pushed so far */
     unsigned char pending[8];
     int n_pending;
+    int leading_space_done; /* 1 once no leading "▁" is dropped any more */
 } av_decoder;
 
 void av_decoder_init(av_decoder *dec, const av_tokenizer *tok);
@@ -301,6 +302,9 @@ typedef struct {
     int n_seq;      /* sequences that can be alive at once; 0: 1 */
     int n_batch;    /* max tokens in one av_forward call; 0: 512 */
     int n_threads;  /* 0: the model's thread count */
+    int kv_pool_tokens; /* positions the paged KV pool holds for all sequences
+                           together; 0: n_ctx * n_seq (every sequence can
+                           reach n_ctx at once) */
 } av_context_options;
 
 av_context *av_context_create(av_model *model, const av_context_options *options);
@@ -314,6 +318,14 @@ int av_context_n_batch(const av_context *ctx);
 void av_context_seq_truncate(av_context *ctx, int seq, int pos);
 /* Number of positions cached for `seq`. */
 int av_context_seq_len(const av_context *ctx, int seq);
+/* KV pool accounting, in positions: the pool is made of blocks of
+ * av_context_kv_block_size() positions, and a sequence of n positions
+ * holds ceil(n / block) blocks. */
+int av_context_kv_block_size(const av_context *ctx);
+int av_context_kv_blocks_total(const av_context *ctx);
+int av_context_kv_blocks_free(const av_context *ctx);
+/* Bytes of KV cache memory one block takes. */
+size_t av_context_kv_block_bytes(const av_context *ctx);
 
 /* A batch of tokens, possibly from several sequences. Token i is at position
  * pos[i] of sequence seq[i]; positions of one sequence must be consecutive
@@ -358,6 +370,14 @@ void av_sampler_free(av_sampler *sampler);
  * the tokens seen so far (prompt and generated) for the penalty. */
 int32_t av_sampler_sample(av_sampler *sampler, float *logits, const int32_t *history,
                           int n_history);
+
+/* Scans generated text for stop strings. Returns the byte offset of the
+ * earliest match, or -1. Sets *safe_len to the length of the prefix that can
+ * be released to a client now: up to the match, or else everything except a
+ * tail that could still grow into a stop string, and never ending inside a
+ * UTF-8 character. */
+long av_stop_scan(const char *text, size_t len, const char *const *stops, int n_stops,
+                  size_t *safe_len);
 
 /* ------------------------------------------------------------------------ */
 /* CPU features and kernels selection                                        */

@@ -15,6 +15,7 @@ static const struct {
     {"generate", cmd_generate, "generate text from a prompt or a chat message"},
     {"info", cmd_info, "print a checkpoint's architecture, tensors, dtypes and size"},
     {"tokenize", cmd_tokenize, "print the token ids and pieces of a text"},
+    {"serve", cmd_serve, "serve the model over HTTP (/generate and the OpenAI API)"},
 };
 
 static void print_usage(FILE *out) {

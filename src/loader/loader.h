@@ -20,7 +20,8 @@ typedef struct av_checkpoint av_checkpoint;
  * problem when config.json is missing or invalid, when neither
  * model.safetensors nor model.safetensors.index.json exists, when the index
  * names a missing shard or a tensor the shard lacks, or when any safetensors
- * file is malformed. */
+ * file is malformed. When both weight layouts exist, model.safetensors is
+ * used and the index is ignored. */
 av_checkpoint *av_checkpoint_open(const char *dir);
 void av_checkpoint_close(av_checkpoint *ckpt);
 
@@ -43,5 +44,16 @@ uint64_t av_checkpoint_data_bytes(const av_checkpoint *ckpt);
  *    shape [11008, 4096] expected, found [4096, 11008]". */
 const av_tensor *av_checkpoint_require(const av_checkpoint *ckpt, const char *name, int ndim,
                                        const int64_t *shape);
+
+/* The safetensors files of the checkpoint, in the order they were opened
+ * (shards in the order the index first names them). av_tensor.file of every
+ * tensor is equal (strcmp) to one of these paths. */
+int av_checkpoint_file_count(const av_checkpoint *ckpt);
+const char *av_checkpoint_file_path(const av_checkpoint *ckpt, int index);
+
+/* Reads a JSON file of at most max_bytes bytes. The error message names the
+ * path, and the line and column of a syntax error. */
+struct json_t;
+av_status av_json_load_file(const char *path, size_t max_bytes, struct json_t **out);
 
 #endif
