@@ -196,6 +196,22 @@ static av_status check_features(const char *path, json_t *root, const av_config 
                             "%s: \"rope_scaling\" is %s; only unscaled RoPE is supported (it "
                             "must be null or absent)",
                             path, json_repr(buf, sizeof buf, scaling));
+    /* transformers 5 writes RoPE settings as "rope_parameters": {"rope_type",
+     * "rope_theta", ...}; only the default (unscaled) type is implemented. */
+    json_t *rope = json_object_get(root, "rope_parameters");
+    if (rope && !json_is_null(rope)) {
+        if (!json_is_object(rope))
+            return av_set_error(AV_ERR_FORMAT,
+                                "%s: \"rope_parameters\" must be an object, found %s", path,
+                                json_repr(buf, sizeof buf, rope));
+        json_t *type = json_object_get(rope, "rope_type");
+        if (type && !json_is_null(type) &&
+            (!json_is_string(type) || strcmp(json_string_value(type), "default") != 0))
+            return av_set_error(AV_ERR_UNSUPPORTED,
+                                "%s: \"rope_parameters\" has rope_type %s; only \"default\" "
+                                "(unscaled RoPE) is supported",
+                                path, json_repr(buf, sizeof buf, type));
+    }
     json_t *window = json_object_get(root, "sliding_window");
     if (!strcmp(c->architecture, "MistralForCausalLM") && window && !json_is_null(window)) {
         if (!json_is_integer(window))
@@ -251,6 +267,15 @@ static av_status read_scalars(const char *path, json_t *root, av_config *c) {
     if ((s = get_number(path, root, "rms_norm_eps", 1, &eps)) ||
         (s = get_number(path, root, "rope_theta", 0, &theta)))
         return s;
+    json_t *rope = json_object_get(root, "rope_parameters");
+    if (json_is_object(rope) && json_object_get(rope, "rope_theta") &&
+        !json_object_get(root, "rope_theta")) {
+        json_t *value = json_object_get(rope, "rope_theta");
+        if (!json_is_number(value))
+            return av_set_error(AV_ERR_FORMAT,
+                                "%s: \"rope_parameters.rope_theta\" must be a number", path);
+        theta = json_number_value(value);
+    }
     if (!(eps > 0 && eps < 1))
         return av_set_error(AV_ERR_INVALID, "%s: \"rms_norm_eps\" is %g; it must be in (0, 1)",
                             path, eps);
