@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Create .venv-ref at the repository root with the packages that regenerate
 # the reference fixtures (tools/requirements-ref.txt): torch, transformers,
-# safetensors, sentencepiece, numpy and bitsandbytes.
+# safetensors, sentencepiece, numpy, bitsandbytes and accelerate.
 #
 # The Linux torch wheels on PyPI are CUDA builds. The fixture scripts only run
 # on the CPU, but torch's shared libraries link against the CUDA runtime,
 # cuBLAS, cuDNN, NCCL and others, so `import torch` fails without the nvidia
-# packages. They are installed with it, about 4 GB in all.
+# packages. They are installed with it: the venv takes about 6 GB of disk.
 #
 # Usage: tools/setup-ref-venv.sh        (from any directory; rerunning is cheap)
 set -euo pipefail
