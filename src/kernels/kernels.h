@@ -13,6 +13,16 @@
 
 #include "airavata.h"
 
+/* ---- instruction set selection ------------------------------------------ */
+
+/* Reads AIRAVATA_ISA ("scalar", "avx2", "avx512") and selects the kernels it
+ * names, or the best the CPU supports when it is unset or empty. Returns
+ * AV_ERR_INVALID for an unknown name and AV_ERR_UNSUPPORTED for an
+ * instruction set this CPU lacks, and then leaves the selection unchanged.
+ * Kernels called before it select the same way on first use, but can only
+ * log such an error, so programs call this first to report it. */
+av_status av_kernels_init(void);
+
 /* ---- thread pool ------------------------------------------------------- */
 
 typedef struct av_threadpool av_threadpool;

@@ -94,6 +94,8 @@ static av_status load_tokenizer(av_model *m, const char *dir) {
 }
 
 av_model *av_model_load(const char *dir, const av_load_options *options) {
+    /* Reports an invalid AIRAVATA_ISA before any kernel runs. */
+    if (av_kernels_init()) return NULL;
     av_model *m = calloc(1, sizeof *m);
     if (!m) {
         av_set_error(AV_ERR_NOMEM, "out of memory");

@@ -61,10 +61,11 @@ def test_chat_template_runs(run, stories):
 
 
 def test_prompt_longer_than_context(run, stories):
+    # 20 x 4 words + the trailing space piece + bos = 82 tokens
     proc = run("generate", "-m", stories, "-p", "Once upon a time " * 20, "-c", 16, "--temp", "0")
     assert proc.returncode == 1
     err = proc.stderr.decode()
-    assert "the prompt has 81 tokens but the context holds 16" in err
+    assert "the prompt has 82 tokens but the context holds 16" in err
 
 
 def test_context_full_stops_generation(run, stories):

@@ -1,0 +1,158 @@
+/*
+ * matmul_speed.c - times av_matmul on the matrix shapes of a Llama 2 7B layer.
+ *
+ * Shapes: 4096 x 4096 (attention projections) and 11008 x 4096 (the MLP's
+ * gate and up projections), weights in BF16 by default, with 1 and 2
+ * threads and 1, 4, 16 and 64 tokens. It prints the median time of the
+ * repeats, the weight bandwidth (weight bytes / time, the figure to compare
+ * with membw for 1 token) and GFLOP/s (2 * rows * cols * tokens / time).
+ *
+ * Several copies of each matrix, together larger than the last-level cache,
+ * are used in turn, so every call streams its weights from memory as the
+ * forward pass does. Each timed matmul alternates with a timed plain read of
+ * another copy on the same threads ("read GB/s"), so the ratio of the two
+ * stays meaningful even when other processes share the memory bus.
+ *
+ * Usage: matmul_speed [F32|F16|BF16 (default BF16)] [repeats (default 9)]
+ * AIRAVATA_ISA=scalar|avx2|avx512 selects the kernels.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/kernels.h"
+#include "read_bandwidth.h"
+
+/* Total bytes of the copies of one matrix. It is well above the L3 cache
+ * of current server CPUs (32 MiB on an AMD EPYC Milan CCD). */
+#define ROTATION_BYTES (256u << 20)
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int compare_doubles(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static uint64_t rng_state = 0x2545f4914f6cdd1dull;
+
+static float rng_float(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)(rng_state >> 40) / 8388608.0f - 1.0f;
+}
+
+static void fill_weights(void *data, av_dtype dtype, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float v = rng_float() * 0.05f;
+        if (dtype == AV_DTYPE_F32) {
+            ((float *)data)[i] = v;
+        } else if (dtype == AV_DTYPE_F16) {
+            ((uint16_t *)data)[i] = av_f32_to_f16(v);
+        } else {
+            ((uint16_t *)data)[i] = av_f32_to_bf16(v);
+        }
+    }
+}
+
+static int bench_shape(av_dtype dtype, int64_t rows, int64_t cols, int repeats) {
+    static const int thread_counts[] = {1, 2};
+    static const int token_counts[] = {1, 4, 16, 64};
+    size_t matrix_bytes = (size_t)(rows * cols) * av_dtype_size(dtype);
+    int n_copies = (int)((ROTATION_BYTES + matrix_bytes - 1) / matrix_bytes);
+    if (n_copies < 2) n_copies = 2;
+
+    av_matrix *copies = calloc((size_t)n_copies, sizeof *copies);
+    float *x = malloc((size_t)(64 * cols) * sizeof(float));
+    float *y = malloc((size_t)(64 * rows) * sizeof(float));
+    double *seconds = malloc(sizeof(double) * (size_t)repeats);
+    double *read_seconds = malloc(sizeof(double) * (size_t)repeats);
+    if (!copies || !x || !y || !seconds || !read_seconds) return 1;
+    for (int i = 0; i < n_copies; i++) {
+        void *data = malloc(matrix_bytes);
+        if (!data) {
+            fprintf(stderr, "matmul_speed: cannot allocate %zu bytes\n", matrix_bytes);
+            return 1;
+        }
+        fill_weights(data, dtype, (size_t)(rows * cols));
+        copies[i] = (av_matrix){.dtype = dtype, .rows = rows, .cols = cols, .data = data};
+    }
+    for (int64_t i = 0; i < 64 * cols; i++) x[i] = rng_float();
+
+    for (int ti = 0; ti < 2; ti++) {
+        av_threadpool *pool = av_threadpool_create(thread_counts[ti]);
+        if (!pool) {
+            fprintf(stderr, "matmul_speed: %s\n", av_last_error());
+            return 1;
+        }
+        for (int ki = 0; ki < 4; ki++) {
+            int n_tokens = token_counts[ki];
+            int next = 0;
+            av_matmul(pool, &copies[next++ % n_copies], x, n_tokens, y); /* warm-up */
+            for (int r = 0; r < repeats; r++) {
+                read_job job = {.data = copies[next++ % n_copies].data,
+                                .n_words = matrix_bytes / 8};
+                double t0 = now_seconds();
+                av_threadpool_run(pool, read_words_parallel, &job);
+                read_seconds[r] = now_seconds() - t0;
+
+                const av_matrix *w = &copies[next++ % n_copies];
+                t0 = now_seconds();
+                av_matmul(pool, w, x, n_tokens, y);
+                seconds[r] = now_seconds() - t0;
+            }
+            qsort(seconds, (size_t)repeats, sizeof(double), compare_doubles);
+            qsort(read_seconds, (size_t)repeats, sizeof(double), compare_doubles);
+            double t = seconds[repeats / 2], t_read = read_seconds[repeats / 2];
+            printf("%-4s %5lld x %-5lld threads %d tokens %2d: %8.3f ms  %6.2f GB/s weights"
+                   " (read %6.2f GB/s, %3.0f%%)  %7.2f GFLOP/s\n",
+                   av_dtype_name(dtype), (long long)rows, (long long)cols, thread_counts[ti],
+                   n_tokens, t * 1e3, (double)matrix_bytes / t / 1e9,
+                   (double)matrix_bytes / t_read / 1e9, 100.0 * t_read / t,
+                   2.0 * (double)rows * (double)cols * n_tokens / t / 1e9);
+            fflush(stdout);
+        }
+        av_threadpool_free(pool);
+    }
+    for (int i = 0; i < n_copies; i++) free((void *)copies[i].data);
+    free(copies);
+    free(x);
+    free(y);
+    free(seconds);
+    free(read_seconds);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    av_dtype dtype = AV_DTYPE_BF16;
+    if (argc > 1) {
+        if (strcmp(argv[1], "F32") == 0) {
+            dtype = AV_DTYPE_F32;
+        } else if (strcmp(argv[1], "F16") == 0) {
+            dtype = AV_DTYPE_F16;
+        } else if (strcmp(argv[1], "BF16") != 0) {
+            fprintf(stderr, "usage: matmul_speed [F32|F16|BF16] [repeats 1..1000]\n");
+            return 2;
+        }
+    }
+    int repeats = argc > 2 ? atoi(argv[2]) : 9;
+    if (repeats < 1 || repeats > 1000) {
+        fprintf(stderr, "usage: matmul_speed [F32|F16|BF16] [repeats 1..1000]\n");
+        return 2;
+    }
+    if (av_kernels_init() != AV_OK) {
+        fprintf(stderr, "matmul_speed: %s\n", av_last_error());
+        return 1;
+    }
+    printf("kernels: %s (best on this CPU: %s)\n", av_isa_name(av_kernels_isa()),
+           av_isa_name(av_cpu_best_isa()));
+    if (bench_shape(dtype, 4096, 4096, repeats)) return 1;
+    if (bench_shape(dtype, 11008, 4096, repeats)) return 1;
+    return 0;
+}
