@@ -141,6 +141,26 @@ void av_st_writer_abort(av_st_writer *w);       /* removes the .tmp file, frees 
 /* Model configuration (config.json)                                         */
 /* ------------------------------------------------------------------------ */
 
+/* How config.json's quantization_config says the Linear weights are stored
+ * (bitsandbytes as transformers saves it). */
+typedef enum {
+    AV_QUANT_NONE = 0, /* no quantization_config: F32/F16/BF16 weights */
+    AV_QUANT_NF4,      /* load_in_4bit with bnb_4bit_quant_type "nf4" */
+    AV_QUANT_INT8,     /* load_in_8bit: LLM.int8 row-wise int8 weights */
+} av_quant_method;
+
+#define AV_QUANT_MAX_SKIP_MODULES 16
+
+typedef struct {
+    av_quant_method method;
+    int double_quant;         /* bnb_4bit_use_double_quant */
+    av_dtype compute_dtype;   /* bnb_4bit_compute_dtype; F32 if absent */
+    int n_skip_modules;       /* entries of llm_int8_skip_modules; -1 when it is
+                                 null or absent (transformers then keeps lm_head
+                                 unquantized) */
+    char skip_modules[AV_QUANT_MAX_SKIP_MODULES][64];
+} av_quant_config;
+
 typedef struct {
     char architecture[64]; /* "LlamaForCausalLM", "MistralForCausalLM" */
     int dim;               /* hidden_size */
@@ -156,6 +176,7 @@ typedef struct {
     int tie_embeddings;    /* tie_word_embeddings */
     int bos_id, eos_id;    /* -1 when absent */
     av_dtype torch_dtype;  /* the dtype config.json declares, F32 if absent */
+    av_quant_config quant; /* quantization_config; method AV_QUANT_NONE if absent */
 } av_config;
 
 /* Parses and validates config.json; rejects zero or negative sizes, heads

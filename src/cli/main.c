@@ -16,6 +16,7 @@ static const struct {
     {"info", cmd_info, "print a checkpoint's architecture, tensors, dtypes and size"},
     {"tokenize", cmd_tokenize, "print the token ids and pieces of a text"},
     {"serve", cmd_serve, "serve the model over HTTP (/generate and the OpenAI API)"},
+    {"quantize", cmd_quantize, "convert a checkpoint to NF4 or int8 (bitsandbytes) or bf16/f16"},
 };
 
 static void print_usage(FILE *out) {

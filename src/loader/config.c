@@ -320,6 +320,131 @@ static av_status read_torch_dtype(const char *path, json_t *root, av_config *c) 
     return AV_OK;
 }
 
+/* ---- quantization_config ----------------------------------------------- */
+
+/* Reads a string field of the quantization block; absent or null keeps
+ * *out. */
+static av_status get_string(const char *path, json_t *block, const char *key,
+                            const char **out) {
+    json_t *v = json_object_get(block, key);
+    if (!v || json_is_null(v)) return AV_OK;
+    char buf[96];
+    if (!json_is_string(v))
+        return av_set_error(AV_ERR_FORMAT,
+                            "%s: quantization_config \"%s\" must be a string, found %s", path,
+                            key, json_repr(buf, sizeof buf, v));
+    *out = json_string_value(v);
+    return AV_OK;
+}
+
+static av_status read_skip_modules(const char *path, json_t *block, av_quant_config *q) {
+    json_t *list = json_object_get(block, "llm_int8_skip_modules");
+    q->n_skip_modules = -1;
+    if (!list || json_is_null(list)) return AV_OK;
+    if (!json_is_array(list) || json_array_size(list) > AV_QUANT_MAX_SKIP_MODULES)
+        return av_set_error(AV_ERR_FORMAT,
+                            "%s: quantization_config \"llm_int8_skip_modules\" must be null or "
+                            "a list of at most %d module names",
+                            path, AV_QUANT_MAX_SKIP_MODULES);
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        const char *name = json_string_value(json_array_get(list, i));
+        if (!name || !*name || strlen(name) >= sizeof q->skip_modules[0])
+            return av_set_error(AV_ERR_FORMAT,
+                                "%s: llm_int8_skip_modules entry %zu must be a module name of "
+                                "1 to %zu characters",
+                                path, i, sizeof q->skip_modules[0] - 1);
+        snprintf(q->skip_modules[i], sizeof q->skip_modules[i], "%s", name);
+    }
+    q->n_skip_modules = (int)json_array_size(list);
+    return AV_OK;
+}
+
+/* Reads the 4-bit fields: only NF4 packed in uint8 is supported. */
+static av_status read_4bit(const char *path, json_t *block, av_quant_config *q) {
+    const char *type = "fp4", *storage = "uint8", *compute = NULL;
+    av_status s;
+    if ((s = get_string(path, block, "bnb_4bit_quant_type", &type)) ||
+        (s = get_string(path, block, "bnb_4bit_quant_storage", &storage)) ||
+        (s = get_string(path, block, "bnb_4bit_compute_dtype", &compute)) ||
+        (s = get_bool(path, block, "bnb_4bit_use_double_quant", &q->double_quant)))
+        return s;
+    if (strcmp(type, "nf4") != 0)
+        return av_set_error(AV_ERR_UNSUPPORTED,
+                            "%s: bnb_4bit_quant_type \"%s\" is not supported (transformers "
+                            "defaults to \"fp4\" when it is absent); only \"nf4\" is",
+                            path, type);
+    if (strcmp(storage, "uint8") != 0)
+        return av_set_error(AV_ERR_UNSUPPORTED,
+                            "%s: bnb_4bit_quant_storage \"%s\" is not supported; only "
+                            "\"uint8\" is",
+                            path, storage);
+    q->compute_dtype = AV_DTYPE_F32;
+    if (compute && !strcmp(compute, "float16")) q->compute_dtype = AV_DTYPE_F16;
+    else if (compute && !strcmp(compute, "bfloat16")) q->compute_dtype = AV_DTYPE_BF16;
+    else if (compute && strcmp(compute, "float32") != 0)
+        return av_set_error(AV_ERR_UNSUPPORTED,
+                            "%s: bnb_4bit_compute_dtype \"%s\" is not supported; expected "
+                            "\"float32\", \"float16\" or \"bfloat16\"",
+                            path, compute);
+    q->method = AV_QUANT_NF4;
+    return AV_OK;
+}
+
+/* Parses quantization_config as transformers writes it for bitsandbytes
+ * (BitsAndBytesConfig.to_dict()). */
+static av_status read_quantization(const char *path, json_t *root, av_config *c) {
+    av_quant_config *q = &c->quant;
+    memset(q, 0, sizeof *q);
+    q->method = AV_QUANT_NONE;
+    q->compute_dtype = AV_DTYPE_F32;
+    q->n_skip_modules = -1;
+    json_t *block = json_object_get(root, "quantization_config");
+    if (!block || json_is_null(block)) return AV_OK;
+    if (!json_is_object(block))
+        return av_set_error(AV_ERR_FORMAT, "%s: \"quantization_config\" must be an object", path);
+    const char *method = NULL;
+    av_status s = get_string(path, block, "quant_method", &method);
+    if (s) return s;
+    if (!method || strcmp(method, "bitsandbytes") != 0)
+        return av_set_error(AV_ERR_UNSUPPORTED,
+                            "%s: quantization_config \"quant_method\" is \"%s\"; only "
+                            "\"bitsandbytes\" (NF4 or LLM.int8) is supported",
+                            path, method ? method : "(missing)");
+    /* transformers writes each flag twice, as load_in_Nbit and _load_in_Nbit. */
+    int in_4bit = -1, in_4bit_private = -1, in_8bit = -1, in_8bit_private = -1;
+    int fp16_weight = 0;
+    if ((s = get_bool(path, block, "load_in_4bit", &in_4bit)) ||
+        (s = get_bool(path, block, "_load_in_4bit", &in_4bit_private)) ||
+        (s = get_bool(path, block, "load_in_8bit", &in_8bit)) ||
+        (s = get_bool(path, block, "_load_in_8bit", &in_8bit_private)) ||
+        (s = get_bool(path, block, "llm_int8_has_fp16_weight", &fp16_weight)) ||
+        (s = read_skip_modules(path, block, q)))
+        return s;
+    if ((in_4bit >= 0 && in_4bit_private >= 0 && in_4bit != in_4bit_private) ||
+        (in_8bit >= 0 && in_8bit_private >= 0 && in_8bit != in_8bit_private))
+        return av_set_error(AV_ERR_FORMAT,
+                            "%s: quantization_config load_in_4bit/load_in_8bit disagree with "
+                            "_load_in_4bit/_load_in_8bit",
+                            path);
+    in_4bit = in_4bit >= 0 ? in_4bit : in_4bit_private > 0;
+    in_8bit = in_8bit >= 0 ? in_8bit : in_8bit_private > 0;
+    if (in_4bit == in_8bit)
+        return av_set_error(AV_ERR_FORMAT,
+                            "%s: quantization_config must set exactly one of load_in_4bit and "
+                            "load_in_8bit to true",
+                            path);
+    if (in_8bit) {
+        if (fp16_weight)
+            return av_set_error(AV_ERR_UNSUPPORTED,
+                                "%s: llm_int8_has_fp16_weight is true; only int8 weights are "
+                                "supported",
+                                path);
+        q->method = AV_QUANT_INT8;
+        return AV_OK;
+    }
+    return read_4bit(path, block, q);
+}
+
 av_status av_config_load(const char *path, av_config *config) {
     json_t *root = NULL;
     av_status status = av_json_load_file(path, CONFIG_FILE_MAX, &root);
@@ -327,7 +452,8 @@ av_status av_config_load(const char *path, av_config *config) {
     av_config c;
     memset(&c, 0, sizeof c);
     if (!(status = check_architecture(path, root, &c)) && !(status = read_sizes(path, root, &c)) &&
-        !(status = read_scalars(path, root, &c)) && !(status = read_torch_dtype(path, root, &c)))
+        !(status = read_scalars(path, root, &c)) && !(status = read_torch_dtype(path, root, &c)) &&
+        !(status = read_quantization(path, root, &c)))
         status = check_features(path, root, &c);
     json_decref(root);
     if (!status) *config = c;
