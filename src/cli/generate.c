@@ -379,7 +379,9 @@ static int run_generation(av_model *model, const generate_args *a, const int32_t
     /* Decode one token per step. */
     av_decoder dec;
     av_decoder_init(&dec, tok);
-    int eos = av_tokenizer_eos(tok), n_hist = n_prompt, n_gen = 0;
+    /* n_steps counts decode forward passes: the first generated token comes
+     * from the prefill's logits, so speed is steps over decode time. */
+    int eos = av_tokenizer_eos(tok), n_hist = n_prompt, n_gen = 0, n_steps = 0;
     const char *stop_reason = "length";
     char piece[256];
     t0 = now_seconds();
@@ -414,6 +416,7 @@ static int run_generation(av_model *model, const generate_args *a, const int32_t
         int8_t one = 1;
         av_batch b = {1, &next, &p, &s0, &one};
         if (av_forward(ctx, &b, logits)) goto done;
+        n_steps++;
     }
     if (strcmp(stop_reason, "stop string")) {
         int n = av_decoder_flush(&dec, piece, sizeof piece);
@@ -425,9 +428,9 @@ static int run_generation(av_model *model, const generate_args *a, const int32_t
     double t_gen = now_seconds() - t0;
 
     fprintf(stderr, "prompt: %d tokens in %.3f s (%.2f tokens/s); generation: %d tokens in "
-            "%.3f s (%.2f tokens/s); stopped: %s\n", n_prompt, t_prompt,
+            "%.3f s (%.2f tokens/s over %d decode steps); stopped: %s\n", n_prompt, t_prompt,
             t_prompt > 0 ? n_prompt / t_prompt : 0.0, n_gen, t_gen,
-            t_gen > 0 ? n_gen / t_gen : 0.0, stop_reason);
+            t_gen > 0 && n_steps > 0 ? n_steps / t_gen : 0.0, n_steps, stop_reason);
     if (!strcmp(stop_reason, "context full"))
         fprintf(stderr, "note: generation stopped because the context of %d positions is "
                 "full; raise --ctx for longer output\n", n_ctx);
