@@ -14,10 +14,11 @@
  * size is checked against the file with overflow-safe arithmetic, and
  * tensors may not overlap. Gaps between tensors are allowed.
  *
- * The format does not align tensor data: av_tensor.data is aligned to its
- * element size only when the writer packed the tensors that way (the data
- * section itself starts 8-byte aligned in files written by the safetensors
- * package and by safetensors_writer.c).
+ * The format does not align tensor data. Files written by the safetensors
+ * package and by safetensors_writer.c order tensors so that each starts at
+ * a multiple of its element size; for any other file, a tensor whose data
+ * is misaligned is copied once into aligned memory at open time, so that
+ * kernels may read every av_tensor.data through a pointer of its type.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -50,6 +51,8 @@ struct av_safetensors {
     const av_tensor **by_name; /* pointers into tensors, sorted by name */
     st_metadata *metadata;
     int n_metadata;
+    void **copies; /* aligned copies of misaligned tensors */
+    int n_copies;
 };
 
 /* ---- dtypes ------------------------------------------------------------ */
@@ -358,6 +361,38 @@ static av_status read_header(av_safetensors *st) {
     return parse_header(st, (const char *)bytes + 8, (size_t)header_len);
 }
 
+/* Copies every tensor whose data is not aligned to its element size into
+ * aligned memory and points it there. */
+static av_status align_tensors(av_safetensors *st) {
+    int n_misaligned = 0;
+    size_t bytes = 0;
+    for (int i = 0; i < st->n_tensors; i++) {
+        const av_tensor *t = &st->tensors[i];
+        if ((uintptr_t)t->data % av_dtype_size(t->dtype) != 0) {
+            n_misaligned++;
+            bytes += t->nbytes;
+        }
+    }
+    if (n_misaligned == 0) return AV_OK;
+
+    st->copies = calloc((size_t)n_misaligned, sizeof(void *));
+    if (!st->copies) return av_set_error(AV_ERR_NOMEM, "%s: out of memory", st->path);
+    for (int i = 0; i < st->n_tensors; i++) {
+        av_tensor *t = &st->tensors[i];
+        if ((uintptr_t)t->data % av_dtype_size(t->dtype) == 0) continue;
+        void *copy = aligned_alloc(64, (t->nbytes + 63) / 64 * 64);
+        if (!copy)
+            return av_set_error(AV_ERR_NOMEM, "%s: out of memory copying tensor '%s' (%zu "
+                                "bytes) to aligned memory", st->path, t->name, t->nbytes);
+        memcpy(copy, t->data, t->nbytes);
+        t->data = copy;
+        st->copies[st->n_copies++] = copy;
+    }
+    av_log(AV_LOG_WARN, "%s: %d tensors are not aligned to their element size; copied %.1f MiB "
+           "to aligned memory", st->path, n_misaligned, (double)bytes / (1 << 20));
+    return AV_OK;
+}
+
 av_safetensors *av_safetensors_open(const char *path) {
     av_safetensors *st = calloc(1, sizeof *st);
     if (!st || !(st->path = strdup(path))) {
@@ -365,7 +400,7 @@ av_safetensors *av_safetensors_open(const char *path) {
         av_set_error(AV_ERR_NOMEM, "%s: out of memory", path);
         return NULL;
     }
-    if (map_file(st) || read_header(st)) {
+    if (map_file(st) || read_header(st) || align_tensors(st)) {
         av_safetensors_close(st);
         return NULL;
     }
@@ -380,6 +415,8 @@ void av_safetensors_close(av_safetensors *st) {
         free(st->metadata[i].key);
         free(st->metadata[i].value);
     }
+    for (int i = 0; i < st->n_copies; i++) free(st->copies[i]);
+    free(st->copies);
     free(st->tensors);
     free(st->by_name);
     free(st->metadata);

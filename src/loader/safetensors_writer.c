@@ -3,10 +3,13 @@
  *
  * The header must come first in the file, and it contains the data offsets
  * of every tensor, so the caller declares all tensors (name, dtype, shape)
- * before writing any data. Offsets are then known: tensors are packed in
- * declaration order with no gaps, as the safetensors package requires. The
- * header is padded with spaces so that the data section starts at a
- * multiple of 8 bytes, as the safetensors package does.
+ * before writing any data. Offsets are then known: tensors are packed with
+ * no gaps, as the safetensors package requires, ordered by element size
+ * (largest first, declaration order among equals) so that every tensor
+ * starts at a multiple of its element size, as the safetensors package
+ * also orders them. The header is padded with spaces so that the data
+ * section starts at a multiple of 8 bytes. The caller still writes data in
+ * declaration order; each tensor's bytes go to its own offset.
  *
  * Data goes to PATH.tmp; av_st_writer_finish() checks that every declared
  * byte was written, fsyncs and renames the file to PATH, so PATH is either
@@ -32,6 +35,7 @@ typedef struct {
     int ndim;
     int64_t shape[AV_MAX_DIMS];
     uint64_t nbytes;
+    uint64_t offset;   /* of its data, from the start of the data section */
 } declared_tensor;
 
 struct av_st_writer {
@@ -41,6 +45,7 @@ struct av_st_writer {
     declared_tensor *tensors;
     int n_tensors, cap_tensors;
     int header_written;
+    uint64_t data_start;  /* file offset of the data section */
     int current;          /* tensor receiving data */
     uint64_t current_written;
     int failed;           /* an earlier call failed; only abort or finish remain */
@@ -162,15 +167,29 @@ av_status av_st_writer_declare(av_st_writer *w, const char *name, av_dtype dtype
     return AV_OK;
 }
 
+/* Assigns data offsets: tensors of 8-byte elements first, then 4, 2 and 1,
+ * each group in declaration order, so every offset is a multiple of its
+ * element size. */
+static void assign_offsets(av_st_writer *w) {
+    uint64_t offset = 0;
+    for (size_t size = 8; size >= 1; size /= 2)
+        for (int i = 0; i < w->n_tensors; i++) {
+            declared_tensor *t = &w->tensors[i];
+            if (av_dtype_size(t->dtype) != size) continue;
+            t->offset = offset;
+            offset += t->nbytes;
+        }
+}
+
 /* Builds the header JSON: metadata first, then tensors in declaration
- * order with consecutive data offsets. */
-static json_t *build_header(const av_st_writer *w) {
+ * order with the offsets assign_offsets() chose. */
+static json_t *build_header(av_st_writer *w) {
     json_t *root = json_object();
     if (!root) return NULL;
     if (json_object_size(w->metadata) > 0 &&
         json_object_set(root, "__metadata__", w->metadata))
         goto fail;
-    uint64_t offset = 0;
+    assign_offsets(w);
     for (int i = 0; i < w->n_tensors; i++) {
         const declared_tensor *t = &w->tensors[i];
         json_t *shape = json_array();
@@ -181,10 +200,9 @@ static json_t *build_header(const av_st_writer *w) {
             }
         if (!shape) goto fail;
         json_t *entry = json_pack("{s:s, s:o, s:[I,I]}", "dtype", av_dtype_name(t->dtype),
-                                  "shape", shape, "data_offsets", (json_int_t)offset,
-                                  (json_int_t)(offset + t->nbytes));
+                                  "shape", shape, "data_offsets", (json_int_t)t->offset,
+                                  (json_int_t)(t->offset + t->nbytes));
         if (!entry || json_object_set_new(root, t->name, entry)) goto fail;
-        offset += t->nbytes;
     }
     return root;
 fail:
@@ -209,6 +227,7 @@ static av_status write_header(av_st_writer *w) {
     if (!ok)
         return WRITER_FAIL(w, AV_ERR_IO, "%s: write failed: %s", w->tmp_path, strerror(errno));
     w->header_written = 1;
+    w->data_start = 8 + (uint64_t)padded;
     return AV_OK;
 }
 
@@ -240,6 +259,9 @@ av_status av_st_writer_write(av_st_writer *w, const void *data, size_t nbytes) {
                            "its %llu",
                            w->path, t->name, nbytes, (unsigned long long)left,
                            (unsigned long long)t->nbytes);
+    if (w->current_written == 0 &&
+        fseeko(w->fp, (off_t)(w->data_start + t->offset), SEEK_SET) != 0)
+        return WRITER_FAIL(w, AV_ERR_IO, "%s: seek failed: %s", w->tmp_path, strerror(errno));
     if (fwrite(data, 1, nbytes, w->fp) != nbytes)
         return WRITER_FAIL(w, AV_ERR_IO, "%s: write failed: %s", w->tmp_path, strerror(errno));
     w->current_written += nbytes;
