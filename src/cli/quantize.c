@@ -29,7 +29,7 @@ static void print_help(FILE *out) {
             "OUT appears only when complete; a failed or interrupted run removes its\n"
             "temporary directory.\n\n"
             "options:\n"
-            "  -m, --model DIR        input model directory\n"
+            "  -m, --model DIR        input model directory, or ORG/NAME in the Hugging Face cache\n"
             "  -o, --output DIR       output directory (must not exist unless --force)\n"
             "  -t, --type TYPE        nf4, int8, bf16 or f16\n"
             "      --block-size N     NF4 values per absmax block: 32, 64 (default), 128,\n"
@@ -197,7 +197,11 @@ int cmd_quantize(int argc, char **argv) {
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
 
-    av_status status = av_quantize_checkpoint(a.in_dir, a.out_dir, &a.options);
+    /* -m also takes a repository id (ORG/NAME) resolved through the
+     * Hugging Face cache. */
+    char in_dir[4096];
+    av_status status = av_model_resolve(a.in_dir, in_dir, sizeof in_dir);
+    if (!status) status = av_quantize_checkpoint(in_dir, a.out_dir, &a.options);
 
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
