@@ -301,6 +301,16 @@ typedef struct {
  * tokenizer.model (plus added_tokens.json if present). Every expected tensor
  * is checked for presence, dtype and shape before anything runs. */
 av_model *av_model_load(const char *dir, const av_load_options *options);
+
+/* Resolves a model argument to a checkpoint directory: `arg` itself if it
+ * is a directory, else ORG/NAME[@REVISION] (revision "main" by default)
+ * looked up in the Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub,
+ * else $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub) as
+ * refs/REVISION and then snapshots/COMMIT. Never uses the network. The
+ * error names the path it tried and suggests `airavata pull ORG/NAME`.
+ * av_model_load calls it first, so callers of av_model_load accept either
+ * form. */
+av_status av_model_resolve(const char *arg, char *dir, size_t size);
 void av_model_free(av_model *model);
 
 const av_config *av_model_config(const av_model *model);

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(build-essential cmake pkg-config libjansson-dev libmicrohttpd-dev
-                 libcurl4-openssl-dev python3 python3-venv
+                 libcurl4-openssl-dev libssl-dev python3 python3-venv
                  chromium chromium-driver fonts-noto-core wrk)
 
 missing=()

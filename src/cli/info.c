@@ -4,7 +4,9 @@
  *
  * Prints the architecture and config.json values, the tensor count, the
  * tensors and bytes per dtype, the parameter count and size, and the
- * safetensors files. Only the loader is used, so this works on checkpoints
+ * safetensors files; for bitsandbytes checkpoints also the quantization,
+ * the bits per weight and the size in memory once loaded. Only the loader
+ * and the quantized-weight reader are used, so this works on checkpoints
  * whose tokenizer is missing and shows what a load would read.
  */
 #include <jansson.h>
@@ -14,7 +16,9 @@
 
 #include "airavata.h"
 #include "cli.h"
+#include "kernels/kernels.h"
 #include "loader/loader.h"
+#include "quant/quant.h"
 
 static void print_help(FILE *out) {
     fprintf(out,
@@ -59,14 +63,128 @@ static int count_totals(const av_checkpoint *ckpt, checkpoint_totals *totals) {
     return 0;
 }
 
+static const double GIB = 1024.0 * 1024.0 * 1024.0;
+
+/* The quantized Linear weights of a bitsandbytes checkpoint, as the
+ * model binds them (src/model/model.c): NF4 codes with one float per
+ * block, F32 when the column count is not a multiple of AV_QGROUP; INT8
+ * rows padded to AV_QGROUP with one float per row. */
+typedef struct {
+    int matrices;
+    int blocksize;            /* NF4: of the first matrix */
+    int double_quant;
+    uint64_t parameters;      /* weights of the quantized matrices */
+    uint64_t file_bytes;      /* their tensors in the checkpoint */
+    uint64_t memory_bytes;    /* their size once bound */
+} quant_totals;
+
+static uint64_t module_file_bytes(const av_checkpoint *ckpt, const char *module) {
+    size_t len = strlen(module);
+    uint64_t bytes = 0;
+    for (int i = 0; i < av_checkpoint_tensor_count(ckpt); i++) {
+        const av_tensor *t = av_checkpoint_tensor(ckpt, i);
+        if (!strncmp(t->name, module, len) && t->name[len] == '.') bytes += t->nbytes;
+    }
+    return bytes;
+}
+
+static uint64_t bound_bytes(const av_quant_weight *w) {
+    const uint64_t rows = (uint64_t)w->rows, cols = (uint64_t)w->cols;
+    if (w->method == AV_QUANT_INT8)
+        return rows * ((cols + AV_QGROUP - 1) / AV_QGROUP * AV_QGROUP) + rows * sizeof(float);
+    av_matrix m;
+    if (av_matrix_nf4(&m, w->rows, w->cols, w->codes, w->absmax, w->blocksize) == AV_OK)
+        return av_matrix_bytes(&m);
+    return rows * cols * sizeof(float);
+}
+
+/* Reads every quantized Linear weight (which validates it) into totals. */
+static av_status count_quantized(const av_checkpoint *ckpt, quant_totals *q) {
+    const av_config *c = av_checkpoint_config(ckpt);
+    memset(q, 0, sizeof *q);
+    int64_t D = c->dim, F = c->hidden_dim, qd = (int64_t)c->n_heads * c->head_dim;
+    int64_t kv = (int64_t)c->n_kv_heads * c->head_dim;
+    const struct { const char *module; int64_t rows, cols; } linears[7] = {
+        {"self_attn.q_proj", qd, D}, {"self_attn.k_proj", kv, D}, {"self_attn.v_proj", kv, D},
+        {"self_attn.o_proj", D, qd}, {"mlp.gate_proj", F, D},     {"mlp.up_proj", F, D},
+        {"mlp.down_proj", D, F},
+    };
+    for (int l = 0; l <= c->n_layers; l++) {
+        for (int k = 0; k < 7; k++) {
+            char module[160], name[180];
+            int64_t rows = linears[k].rows, cols = linears[k].cols;
+            if (l == c->n_layers) {
+                /* lm_head, after the layers; a tied head is the embedding. */
+                if (k > 0 || c->tie_embeddings) break;
+                snprintf(module, sizeof module, "lm_head");
+                rows = c->vocab_size;
+                cols = D;
+            } else {
+                snprintf(module, sizeof module, "model.layers.%d.%s", l, linears[k].module);
+            }
+            if (av_quant_module_skipped(&c->quant, module)) continue;
+            snprintf(name, sizeof name, "%s.weight", module);
+            av_quant_weight w;
+            av_status status = av_quant_weight_load(ckpt, name, rows, cols, &w);
+            if (status) return status;
+            if (!q->matrices++) {
+                q->blocksize = w.blocksize;
+                q->double_quant = w.double_quant;
+            }
+            q->parameters += (uint64_t)(rows * cols);
+            q->file_bytes += module_file_bytes(ckpt, module);
+            q->memory_bytes += bound_bytes(&w);
+            av_quant_weight_free(&w);
+        }
+    }
+    return AV_OK;
+}
+
+/* The modules config.json keeps in 16 bits, as text. */
+static void skipped_modules_text(const av_quant_config *quant, char *buf, size_t size) {
+    if (quant->n_skip_modules < 0) {
+        snprintf(buf, size, "lm_head (the default when llm_int8_skip_modules is null)");
+        return;
+    }
+    size_t n = (size_t)snprintf(buf, size, "%s", quant->n_skip_modules ? "" : "none");
+    for (int i = 0; i < quant->n_skip_modules && n < size; i++)
+        n += (size_t)snprintf(buf + n, size - n, "%s%s", i ? ", " : "", quant->skip_modules[i]);
+}
+
+static const char *quant_method_name(av_quant_method method) {
+    return method == AV_QUANT_NF4 ? "bitsandbytes 4-bit" : "bitsandbytes 8-bit (LLM.int8)";
+}
+
+static void print_quantization(const av_checkpoint *ckpt, const checkpoint_totals *totals,
+                               const quant_totals *q) {
+    const av_quant_config *quant = &av_checkpoint_config(ckpt)->quant;
+    char skipped[1200];
+    skipped_modules_text(quant, skipped, sizeof skipped);
+    uint64_t memory = totals->total_bytes - q->file_bytes + q->memory_bytes;
+    double params = q->parameters ? (double)q->parameters : 1.0;
+    printf("quantization:      %s\n", quant_method_name(quant->method));
+    printf("  quant type       %s\n", quant->method == AV_QUANT_NF4 ? "nf4" : "int8");
+    if (quant->method == AV_QUANT_NF4) {
+        printf("  double quant     %s\n", q->double_quant ? "yes" : "no");
+        printf("  block size       %d\n", q->blocksize);
+        printf("  compute dtype    %s\n", av_dtype_name(quant->compute_dtype));
+    }
+    printf("  16-bit modules   %s; embeddings and norms are never quantized\n", skipped);
+    printf("  matrices         %d quantized, %llu weights\n", q->matrices,
+           (unsigned long long)q->parameters);
+    printf("  bits per weight  %.3f on disk, %.3f in memory (scales included)\n",
+           8.0 * (double)q->file_bytes / params, 8.0 * (double)q->memory_bytes / params);
+    printf("  size in memory   %llu bytes (%.3f GiB) after repacking\n",
+           (unsigned long long)memory, (double)memory / GIB);
+}
+
 static const char *base_name(const char *path) {
     const char *slash = strrchr(path, '/');
     return slash ? slash + 1 : path;
 }
 
-static const double GIB = 1024.0 * 1024.0 * 1024.0;
-
-static void print_text(const av_checkpoint *ckpt, const checkpoint_totals *totals) {
+static void print_text(const av_checkpoint *ckpt, const checkpoint_totals *totals,
+                       const quant_totals *q) {
     const av_config *c = av_checkpoint_config(ckpt);
     printf("model:             %s\n", av_checkpoint_dir(ckpt));
     printf("architecture:      %s\n", c->architecture);
@@ -92,6 +210,7 @@ static void print_text(const av_checkpoint *ckpt, const checkpoint_totals *total
     printf("parameters:        %llu\n", (unsigned long long)totals->parameters);
     printf("size:              %llu bytes (%.3f GiB)\n",
            (unsigned long long)totals->total_bytes, (double)totals->total_bytes / GIB);
+    if (c->quant.method != AV_QUANT_NONE) print_quantization(ckpt, totals, q);
     printf("files:             %d\n", av_checkpoint_file_count(ckpt));
     for (int f = 0; f < av_checkpoint_file_count(ckpt); f++)
         printf("  %s  %d tensors, %llu bytes\n", base_name(av_checkpoint_file_path(ckpt, f)),
@@ -119,7 +238,33 @@ static json_t *config_json(const av_config *c) {
                      av_dtype_name(c->torch_dtype));
 }
 
-static int print_json(const av_checkpoint *ckpt, const checkpoint_totals *totals) {
+static json_t *quantization_json(const av_checkpoint *ckpt, const checkpoint_totals *totals,
+                                 const quant_totals *q) {
+    const av_quant_config *quant = &av_checkpoint_config(ckpt)->quant;
+    if (quant->method == AV_QUANT_NONE) return json_null();
+    json_t *skipped = json_array();
+    if (quant->n_skip_modules < 0) json_array_append_new(skipped, json_string("lm_head"));
+    for (int i = 0; i < quant->n_skip_modules; i++)
+        json_array_append_new(skipped, json_string(quant->skip_modules[i]));
+    double params = q->parameters ? (double)q->parameters : 1.0;
+    uint64_t memory = totals->total_bytes - q->file_bytes + q->memory_bytes;
+    json_t *o = json_pack("{s:s, s:s, s:o, s:i, s:I, s:f, s:f, s:I, s:I}", "method",
+                          "bitsandbytes", "quant_type",
+                          quant->method == AV_QUANT_NF4 ? "nf4" : "int8", "skip_modules", skipped,
+                          "quantized_matrices", q->matrices, "quantized_parameters",
+                          (json_int_t)q->parameters, "bits_per_weight_file",
+                          8.0 * (double)q->file_bytes / params, "bits_per_weight_memory",
+                          8.0 * (double)q->memory_bytes / params, "memory_bytes",
+                          (json_int_t)memory, "file_bytes", (json_int_t)totals->total_bytes);
+    if (o && quant->method == AV_QUANT_NF4) {
+        json_object_set_new(o, "double_quant", json_boolean(q->double_quant));
+        json_object_set_new(o, "blocksize", json_integer(q->blocksize));
+    }
+    return o;
+}
+
+static int print_json(const av_checkpoint *ckpt, const checkpoint_totals *totals,
+                      const quant_totals *q) {
     json_t *dtypes = json_object(), *files = json_array();
     for (int d = 0; dtypes && d < AV_DTYPE_COUNT; d++)
         if (totals->tensors[d])
@@ -139,6 +284,7 @@ static int print_json(const av_checkpoint *ckpt, const checkpoint_totals *totals
                              (json_int_t)totals->parameters, "bytes",
                              (json_int_t)totals->total_bytes, "gib",
                              (double)totals->total_bytes / GIB, "files", files);
+    if (root) json_object_set_new(root, "quantization", quantization_json(ckpt, totals, q));
     char *text = root ? json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     json_decref(root);
     if (!text) {
@@ -183,13 +329,17 @@ int cmd_info(int argc, char **argv) {
         return AV_EXIT_FAILURE;
     }
     checkpoint_totals totals;
+    quant_totals quantized = {0};
     int rc = AV_EXIT_FAILURE;
     if (count_totals(ckpt, &totals) != 0) {
         fprintf(stderr, "airavata info: out of memory\n");
+    } else if (av_checkpoint_config(ckpt)->quant.method != AV_QUANT_NONE &&
+               count_quantized(ckpt, &quantized) != AV_OK) {
+        fprintf(stderr, "airavata info: %s\n", av_last_error());
     } else if (as_json) {
-        rc = print_json(ckpt, &totals);
+        rc = print_json(ckpt, &totals, &quantized);
     } else {
-        print_text(ckpt, &totals);
+        print_text(ckpt, &totals, &quantized);
         rc = AV_EXIT_OK;
     }
     free(totals.file_tensors);

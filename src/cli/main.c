@@ -17,6 +17,9 @@ static const struct {
     {"tokenize", cmd_tokenize, "print the token ids and pieces of a text"},
     {"serve", cmd_serve, "serve the model over HTTP (/generate and the OpenAI API)"},
     {"quantize", cmd_quantize, "convert a checkpoint to NF4 or int8 (bitsandbytes) or bf16/f16"},
+    {"pull", cmd_pull, "download a model from the Hugging Face hub into the cache"},
+    {"bench", cmd_bench, "measure size, memory, load time and speed of models or a server"},
+    {"eval", cmd_eval, "perplexity and KL divergence of a quantized model against its base"},
 };
 
 static void print_usage(FILE *out) {

@@ -112,9 +112,15 @@ static av_status set_isa(av_isa isa) {
     return AV_OK;
 }
 
+/* Set once av_kernels_set_isa() has chosen a path: av_kernels_init(), which
+ * every model load calls, then keeps that choice instead of re-selecting. */
+static atomic_int chosen_by_caller;
+
 av_status av_kernels_set_isa(av_isa isa) {
     av_cpu_best_isa();
-    return set_isa(isa);
+    av_status st = set_isa(isa);
+    if (st == AV_OK) atomic_store(&chosen_by_caller, 1);
+    return st;
 }
 
 static av_status select_from_env(void) {
@@ -137,6 +143,7 @@ static av_status select_from_env(void) {
 
 av_status av_kernels_init(void) {
     av_cpu_best_isa();
+    if (atomic_load(&chosen_by_caller)) return AV_OK;
     av_isa previous = av_kernels_isa();
     atomic_store(&current_isa, (int)best_isa);
     av_status st = select_from_env();

@@ -20,7 +20,8 @@
  * AV_ERR_INVALID for an unknown name and AV_ERR_UNSUPPORTED for an
  * instruction set this CPU lacks, and then leaves the selection unchanged.
  * Kernels called before it select the same way on first use, but can only
- * log such an error, so programs call this first to report it. */
+ * log such an error, so programs call this first to report it. After a
+ * successful av_kernels_set_isa() it changes nothing: that choice stands. */
 av_status av_kernels_init(void);
 
 /* ---- thread pool ------------------------------------------------------- */
@@ -41,12 +42,41 @@ void av_threadpool_run(av_threadpool *pool, av_parallel_fn fn, void *arg);
 
 /* ---- matrices ------------------------------------------------------------ */
 
-/* A weight matrix in its storage dtype (F32, F16 or BF16), row-major. */
+/* Storage format of an av_matrix. */
+typedef enum {
+    AV_MATRIX_DENSE = 0, /* F32, F16 or BF16 values, row-major */
+    AV_MATRIX_NF4,       /* bitsandbytes NF4 codes used in place (see below) */
+    AV_MATRIX_INT8,      /* LLM.int8 rows with one scale per row */
+} av_matrix_format;
+
+/* Values per quantization group of the quantized formats: one activation
+ * scale, and for NF4 one weight scale, covers this many columns. */
+#define AV_QGROUP 32
+
+/*
+ * A weight matrix [rows, cols]. Zero-initialized quantization fields mean
+ * a dense matrix, so `{.dtype, .rows, .cols, .data}` describes one.
+ *
+ * NF4 (cols a multiple of AV_QGROUP): `data` is bitsandbytes' packed codes
+ * of the flattened row-major matrix, 16 bytes per group of 32 values, value
+ * 2j in the high nibble of byte j and value 2j + 1 in the low nibble. Group
+ * g (counted over the whole matrix) has the weight scale
+ * scale[g >> group_shift], the float absmax of its bitsandbytes block of
+ * 32 << group_shift values; value = av_nf4_code[code] * scale.
+ *
+ * INT8: `data` has rows of `row_stride` int8 values (cols rounded up to
+ * AV_QGROUP, the padding zero) and scale[r] is the factor of row r:
+ * value = q * scale[r].
+ */
 typedef struct {
-    av_dtype dtype;
+    av_dtype dtype;   /* dense: F32, F16 or BF16; NF4: U8; INT8: I8 */
     int64_t rows;
     int64_t cols;
     const void *data;
+    av_matrix_format format;
+    int64_t row_stride;  /* INT8: int8 values per stored row */
+    const float *scale;  /* NF4: per block; INT8: per row */
+    int group_shift;     /* NF4: log2(blocksize / AV_QGROUP) */
 } av_matrix;
 
 /* y[t*rows + r] = sum_c W[r, c] * x[t*cols + c] for t < n_tokens.
@@ -59,6 +89,32 @@ void av_matmul_ref(const av_matrix *w, const float *x, int n_tokens, float *y);
 
 /* Copies row `row` of W into out as f32 (embedding lookup). */
 void av_matrix_row(const av_matrix *w, int64_t row, float *out);
+
+/* ---- quantized matrices (qmatmul.c) ----------------------------------- */
+
+/* Describes bitsandbytes NF4 codes (ceil(rows * cols / 2) bytes) with their
+ * dequantized absmax (one float per `blocksize` values) as a matrix, without
+ * copying either. Fails with AV_ERR_UNSUPPORTED when cols is not a multiple
+ * of AV_QGROUP (the caller then dequantizes instead) and AV_ERR_INVALID for
+ * a block size that is not a power of two of at least AV_QGROUP. */
+av_status av_matrix_nf4(av_matrix *m, int64_t rows, int64_t cols, const uint8_t *codes,
+                        const float *absmax, int blocksize);
+/* Describes int8 rows of `row_stride` values (a multiple of AV_QGROUP, at
+ * least cols, the padding zero) with one float factor per row. */
+av_status av_matrix_int8(av_matrix *m, int64_t rows, int64_t cols, int64_t row_stride,
+                         const int8_t *q, const float *row_scale);
+/* Bytes a quantized matrix occupies: codes and scales. */
+uint64_t av_matrix_bytes(const av_matrix *m);
+
+/* Quantizes activations for the integer products: x [n_tokens, cols] f32
+ * becomes xq [n_tokens, cols32] int8 and xd [n_tokens, cols32 / 32] f32
+ * with cols32 = cols rounded up to AV_QGROUP, the padding zero. Per group
+ * of 32: d = max|x| / 127, q = round-to-nearest-even(x * (127 / max|x|)).
+ * With nf4_order set, each group is stored as its 16 even-indexed values
+ * followed by its 16 odd-indexed ones, the order of the high and low
+ * nibbles of NF4 codes. Every instruction set produces the same bytes. */
+void av_quantize_activations(const float *x, int n_tokens, int64_t cols, int nf4_order,
+                             int8_t *xq, float *xd);
 
 /* ---- elementwise and reductions --------------------------------------- */
 

@@ -17,6 +17,15 @@
 typedef void (*av_matmul_rows_fn)(const av_matrix *w, const float *x, int n_tokens, float *y,
                                   int64_t r0, int64_t r1);
 
+/* Computes rows [r0, r1) of y = W x for a quantized W (NF4 or INT8) from
+ * activations quantized by av_quantize_activations: xq [n_tokens, cols32]
+ * int8, in NF4 order for NF4 matrices, and xd [n_tokens, cols32 / 32]. */
+typedef void (*av_qmatmul_rows_fn)(const av_matrix *w, const int8_t *xq, const float *xd,
+                                   int n_tokens, float *y, int64_t r0, int64_t r1);
+/* Quantizes one row of activations (qmatmul.c documents the format). */
+typedef void (*av_quantize_row_fn)(const float *x, int64_t cols, int nf4_order, int8_t *xq,
+                                   float *xd);
+
 typedef struct {
     av_isa isa;
     av_matmul_rows_fn matmul_rows;
@@ -60,5 +69,27 @@ void av_axpy_f32_avx512(float *y, float a, const float *x, int n);
 double av_sum_squares_avx512(const float *x, int n);
 void av_scale_mul_avx512(float *out, const float *x, const float *weight, float scale, int n);
 void av_to_f32_avx512(float *dst, const void *src, av_dtype dtype, int64_t n);
+
+/* Quantized products (qmatmul.c, qmatmul_avx2.c, qmatmul_avx512.c). The
+ * scalar functions are the reference; qmatmul.c picks among them with
+ * av_kernels_isa(). */
+void av_qmatmul_rows_scalar(const av_matrix *w, const int8_t *xq, const float *xd,
+                            int n_tokens, float *y, int64_t r0, int64_t r1);
+void av_qmatmul_rows_avx2(const av_matrix *w, const int8_t *xq, const float *xd, int n_tokens,
+                          float *y, int64_t r0, int64_t r1);
+void av_qmatmul_rows_avx512(const av_matrix *w, const int8_t *xq, const float *xd,
+                            int n_tokens, float *y, int64_t r0, int64_t r1);
+/* round(level * 127) of the 16 NF4 levels, the weights of the integer
+ * NF4 product. */
+extern const int8_t av_nf4_levels_i8[16];
+/* The quantized product behind av_matmul and av_matmul_ref, and the row
+ * lookup behind av_matrix_row. */
+void av_qmatmul(av_threadpool *pool, const av_matrix *w, const float *x, int n_tokens,
+                float *y);
+void av_qmatmul_ref(const av_matrix *w, const float *x, int n_tokens, float *y);
+void av_qmatrix_row(const av_matrix *w, int64_t row, float *out);
+void av_quantize_row_scalar(const float *x, int64_t cols, int nf4_order, int8_t *xq,
+                            float *xd);
+void av_quantize_row_avx2(const float *x, int64_t cols, int nf4_order, int8_t *xq, float *xd);
 
 #endif

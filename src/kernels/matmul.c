@@ -59,6 +59,10 @@ void av_matmul_rows_scalar(const av_matrix *w, const float *x, int n_tokens, flo
 }
 
 void av_matmul_ref(const av_matrix *w, const float *x, int n_tokens, float *y) {
+    if (w->format != AV_MATRIX_DENSE) {
+        av_qmatmul_ref(w, x, n_tokens, y);
+        return;
+    }
     av_matmul_rows_scalar(w, x, n_tokens, y, 0, w->rows);
 }
 
@@ -91,6 +95,10 @@ static int dtype_supported(av_dtype dtype) {
 void av_matmul(av_threadpool *pool, const av_matrix *w, const float *x, int n_tokens,
                float *y) {
     if (n_tokens <= 0 || w->rows <= 0) return;
+    if (w->format != AV_MATRIX_DENSE) {
+        av_qmatmul(pool, w, x, n_tokens, y);
+        return;
+    }
     if (!dtype_supported(w->dtype)) {
         /* The model checks dtypes at load time; reaching here is a bug. */
         av_log(AV_LOG_ERROR, "av_matmul: unsupported weight dtype %s",
@@ -118,6 +126,10 @@ void av_matmul(av_threadpool *pool, const av_matrix *w, const float *x, int n_to
 }
 
 void av_matrix_row(const av_matrix *w, int64_t row, float *out) {
+    if (w->format != AV_MATRIX_DENSE) {
+        av_qmatrix_row(w, row, out);
+        return;
+    }
     size_t elem = av_dtype_size(w->dtype);
     const char *src = (const char *)w->data + (size_t)row * (size_t)w->cols * elem;
     av_to_f32(out, src, w->dtype, w->cols);

@@ -10,9 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "model_internal.h"
+#include "quant/quant.h"
 
 static av_status bind_matrix(const av_checkpoint *ckpt, const char *name, int64_t rows,
                              int64_t cols, av_matrix *m) {
@@ -39,26 +41,133 @@ static float *load_vector(const av_checkpoint *ckpt, const char *name, int64_t n
     return v;
 }
 
-static av_status bind_layer(const av_checkpoint *ckpt, const av_config *c, int l,
-                            av_layer *layer) {
+/* ---- quantized weights ---------------------------------------------------- */
+
+/* Adds p to the buffers av_model_free releases. Returns p, or NULL (and
+ * frees p) when the list cannot grow. */
+static void *own_buffer(av_model *m, void *p) {
+    if (!p) return NULL;
+    if (m->n_owned == m->owned_capacity) {
+        int capacity = m->owned_capacity ? 2 * m->owned_capacity : 64;
+        void **grown = realloc(m->owned, sizeof *grown * (size_t)capacity);
+        if (!grown) {
+            free(p);
+            return NULL;
+        }
+        m->owned = grown;
+        m->owned_capacity = capacity;
+    }
+    m->owned[m->n_owned++] = p;
+    return p;
+}
+
+/* Bytes of the checkpoint tensors of `module`: the weight and its
+ * companions (absmax, quant_map, nested_*, quant_state, SCB,
+ * weight_format), which all start with "<module>.". */
+static uint64_t module_file_bytes(const av_checkpoint *ckpt, const char *module) {
+    size_t len = strlen(module);
+    uint64_t bytes = 0;
+    for (int i = 0; i < av_checkpoint_tensor_count(ckpt); i++) {
+        const av_tensor *t = av_checkpoint_tensor(ckpt, i);
+        if (!strncmp(t->name, module, len) && t->name[len] == '.') bytes += t->nbytes;
+    }
+    return bytes;
+}
+
+/* NF4 codes are used in place; the absmax array (already dequantized when
+ * double-quantized) moves to the model. Columns that are not a multiple of
+ * AV_QGROUP would put a group across two absmax blocks, so such matrices
+ * are dequantized to F32 instead: no Llama shape needs that. */
+static av_status bind_nf4(av_model *m, const char *name, av_quant_weight *qw, av_matrix *out) {
+    if (av_matrix_nf4(out, qw->rows, qw->cols, qw->codes, qw->absmax, qw->blocksize) == AV_OK) {
+        if (!own_buffer(m, qw->absmax)) {
+            qw->absmax = NULL;
+            return av_set_error(AV_ERR_NOMEM, "%s: out of memory", name);
+        }
+        qw->absmax = NULL;
+        return AV_OK;
+    }
+    int64_t n = qw->rows * qw->cols;
+    float *values = own_buffer(m, malloc(sizeof(float) * (size_t)n));
+    if (!values)
+        return av_set_error(AV_ERR_NOMEM, "%s: out of memory for %lld dequantized values", name,
+                            (long long)n);
+    av_nf4_dequantize(qw->codes, qw->absmax, n, qw->blocksize, values);
+    *out = (av_matrix){.dtype = AV_DTYPE_F32, .rows = qw->rows, .cols = qw->cols, .data = values};
+    m->n_dequantized++;
+    return AV_OK;
+}
+
+/* INT8 rows are used in place when their length is a multiple of AV_QGROUP
+ * and copied into zero-padded rows otherwise. The row factor is
+ * SCB * (1 / 127), bitsandbytes' dequantization. */
+static av_status bind_int8(av_model *m, const char *name, av_quant_weight *qw, av_matrix *out) {
+    const int64_t rows = qw->rows, cols = qw->cols;
+    const int64_t stride = (cols + AV_QGROUP - 1) / AV_QGROUP * AV_QGROUP;
+    float *row_scale = own_buffer(m, malloc(sizeof(float) * (size_t)rows));
+    if (!row_scale) return av_set_error(AV_ERR_NOMEM, "%s: out of memory", name);
+    for (int64_t r = 0; r < rows; r++) row_scale[r] = qw->scale[r] * (float)(1.0 / 127.0);
+    const int8_t *q = qw->q;
+    if (stride != cols) {
+        int8_t *padded = own_buffer(m, calloc((size_t)(rows * stride), 1));
+        if (!padded) return av_set_error(AV_ERR_NOMEM, "%s: out of memory", name);
+        for (int64_t r = 0; r < rows; r++) memcpy(padded + r * stride, q + r * cols, (size_t)cols);
+        q = padded;
+    }
+    return av_matrix_int8(out, rows, cols, stride, q, row_scale);
+}
+
+/* Binds the Linear weight "<module>.weight" [rows, cols]: quantized when
+ * config.json's quantization_config covers the module, else 16/32-bit. */
+static av_status bind_linear(av_model *m, const char *module, int64_t rows, int64_t cols,
+                             av_matrix *out) {
+    char name[192];
+    snprintf(name, sizeof name, "%s.weight", module);
+    const av_quant_config *quant = &m->config.quant;
+    if (quant->method == AV_QUANT_NONE || av_quant_module_skipped(quant, module))
+        return bind_matrix(m->ckpt, name, rows, cols, out);
+
+    av_quant_weight qw;
+    av_status status = av_quant_weight_load(m->ckpt, name, rows, cols, &qw);
+    if (status) return status;
+    status = qw.method == AV_QUANT_NF4 ? bind_nf4(m, name, &qw, out) : bind_int8(m, name, &qw, out);
+    av_quant_weight_free(&qw);
+    if (status) return status;
+    m->n_quantized++;
+    m->quant_memory_bytes += av_matrix_bytes(out);
+    m->quant_file_bytes += module_file_bytes(m->ckpt, module);
+    return AV_OK;
+}
+
+static double seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static av_status bind_layer(av_model *m, int l, av_layer *layer) {
+    const av_config *c = &m->config;
     int64_t D = c->dim, F = c->hidden_dim;
     int64_t q_dim = (int64_t)c->n_heads * c->head_dim;
     int64_t kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
     char name[160];
 
-#define BIND(field, suffix, rows, cols)                                              \
-    do {                                                                         \
-        snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);            \
-        if (bind_matrix(ckpt, name, rows, cols, &layer->field)) return AV_ERR_FORMAT; \
+    const av_checkpoint *ckpt = m->ckpt;
+    av_status status;
+
+#define BIND(field, module, rows, cols)                                          \
+    do {                                                                     \
+        snprintf(name, sizeof name, "model.layers.%d.%s", l, module);        \
+        if ((status = bind_linear(m, name, rows, cols, &layer->field))) return status; \
     } while (0)
 
-    BIND(wq, "self_attn.q_proj.weight", q_dim, D);
-    BIND(wk, "self_attn.k_proj.weight", kv_dim, D);
-    BIND(wv, "self_attn.v_proj.weight", kv_dim, D);
-    BIND(wo, "self_attn.o_proj.weight", D, q_dim);
-    BIND(w_gate, "mlp.gate_proj.weight", F, D);
-    BIND(w_up, "mlp.up_proj.weight", F, D);
-    BIND(w_down, "mlp.down_proj.weight", D, F);
+    BIND(wq, "self_attn.q_proj", q_dim, D);
+    BIND(wk, "self_attn.k_proj", kv_dim, D);
+    BIND(wv, "self_attn.v_proj", kv_dim, D);
+    BIND(wo, "self_attn.o_proj", D, q_dim);
+    BIND(w_gate, "mlp.gate_proj", F, D);
+    BIND(w_up, "mlp.up_proj", F, D);
+    BIND(w_down, "mlp.down_proj", D, F);
 #undef BIND
 
     snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
@@ -93,7 +202,12 @@ static av_status load_tokenizer(av_model *m, const char *dir) {
     return AV_OK;
 }
 
-av_model *av_model_load(const char *dir, const av_load_options *options) {
+av_model *av_model_load(const char *model_arg, const av_load_options *options) {
+    /* A model argument that is not a directory may be ORG/NAME in the
+     * Hugging Face cache. The buffer leaves room for the file names that
+     * are appended to it in 4096-byte paths. */
+    char dir[4096 - 64];
+    if (av_model_resolve(model_arg, dir, sizeof dir)) return NULL;
     /* Reports an invalid AIRAVATA_ISA before any kernel runs. */
     if (av_kernels_init()) return NULL;
     av_model *m = calloc(1, sizeof *m);
@@ -111,13 +225,14 @@ av_model *av_model_load(const char *dir, const av_load_options *options) {
     m->gen = *av_checkpoint_generation_config(m->ckpt);
     const av_config *c = &m->config;
 
+    double bind_start = seconds_now();
     if (bind_matrix(m->ckpt, "model.embed_tokens.weight", c->vocab_size, c->dim, &m->embed))
         goto fail;
     /* A tied model may still store lm_head.weight (transformers does not, but
      * converters often do); its contents are the embedding either way. */
     if (c->tie_embeddings) {
         m->lm_head = m->embed;
-    } else if (bind_matrix(m->ckpt, "lm_head.weight", c->vocab_size, c->dim, &m->lm_head)) {
+    } else if (bind_linear(m, "lm_head", c->vocab_size, c->dim, &m->lm_head)) {
         goto fail;
     }
     if (!(m->final_norm = load_vector(m->ckpt, "model.norm.weight", c->dim))) goto fail;
@@ -128,7 +243,19 @@ av_model *av_model_load(const char *dir, const av_load_options *options) {
         goto fail;
     }
     for (int l = 0; l < c->n_layers; l++)
-        if (bind_layer(m->ckpt, c, l, &m->layers[l])) goto fail;
+        if (bind_layer(m, l, &m->layers[l])) goto fail;
+    if (m->n_quantized && !(options && options->quiet)) {
+        /* NF4 codes and aligned INT8 rows are used in place, so the time is
+         * mostly reading and dequantizing the block scales. */
+        av_log(AV_LOG_INFO, "repacked %d %s matrices (%.3f GiB) in %.3f s", m->n_quantized,
+               c->quant.method == AV_QUANT_NF4 ? "NF4" : "INT8",
+               (double)m->quant_memory_bytes / (1024.0 * 1024.0 * 1024.0),
+               seconds_now() - bind_start);
+    }
+    if (m->n_dequantized)
+        av_log(AV_LOG_WARN, "%d NF4 matrices have a column count that is not a multiple of %d "
+               "and were dequantized to F32, which uses 8 times their NF4 memory",
+               m->n_dequantized, AV_QGROUP);
 
     if (load_tokenizer(m, dir)) goto fail;
     return m;
@@ -148,6 +275,8 @@ void av_model_free(av_model *m) {
         free(m->layers);
     }
     free(m->final_norm);
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
     av_tokenizer_free(m->tok);
     av_checkpoint_close(m->ckpt);
     free(m);
@@ -158,4 +287,7 @@ const av_generation_config *av_model_generation_config(const av_model *m) { retu
 const av_tokenizer *av_model_tokenizer(const av_model *m) { return m->tok; }
 int av_model_tensor_count(const av_model *m) { return av_checkpoint_tensor_count(m->ckpt); }
 const av_tensor *av_model_tensor(const av_model *m, int i) { return av_checkpoint_tensor(m->ckpt, i); }
-uint64_t av_model_weight_bytes(const av_model *m) { return av_checkpoint_data_bytes(m->ckpt); }
+/* Quantized matrices count with their in-memory size, not their files. */
+uint64_t av_model_weight_bytes(const av_model *m) {
+    return av_checkpoint_data_bytes(m->ckpt) - m->quant_file_bytes + m->quant_memory_bytes;
+}

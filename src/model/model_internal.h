@@ -34,6 +34,17 @@ struct av_model {
     float *final_norm;  /* [D] */
     av_layer *layers;   /* [n_layers] */
     int n_threads;
+
+    /* Quantized Linear weights (config.json's quantization_config). NF4
+     * codes and aligned INT8 rows stay in the checkpoint's memory map; the
+     * scales, padded INT8 rows and dequantized fallbacks are allocated at
+     * load and listed in `owned`, which av_model_free releases. */
+    void **owned;
+    int n_owned, owned_capacity;
+    int n_quantized;             /* matrices bound as NF4 or INT8 */
+    int n_dequantized;           /* NF4 matrices dequantized to F32 (odd shapes) */
+    uint64_t quant_memory_bytes; /* bytes those matrices use when bound */
+    uint64_t quant_file_bytes;   /* bytes of their tensors in the checkpoint */
 };
 
 /*
