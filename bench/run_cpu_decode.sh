@@ -30,10 +30,11 @@ mkdir -p "$OUT"
 echo "== memory read bandwidth ($THREADS threads)"
 build/membw "$THREADS" 1024 10 | tee "$OUT/membw.txt"
 
-pairs=("bf16 f16" "nf4 q4_0" "int8 q8_0")
+# PAIRS="nf4:q4_0 int8:q8_0" limits the run to some pairs.
+read -r -a pairs <<<"${PAIRS:-bf16:f16 nf4:q4_0 int8:q8_0}"
 for round in $(seq 1 "$ROUNDS"); do
     for pair in "${pairs[@]}"; do
-        set -- $pair
+        set -- ${pair/:/ }
         ours="$BENCH_DIR/airavata-random-$1"
         theirs="$BENCH_DIR/airavata-random-$2.gguf"
         [ -d "$ours" ] && [ -f "$theirs" ] || { echo "skip $1/$2: missing files"; continue; }
