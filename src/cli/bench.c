@@ -49,19 +49,6 @@ static void usage(FILE *out) {
         "what was measured), 2 invalid command line\n", AV_BENCH_MAX_MODELS);
 }
 
-static int parse_int(const char *opt, const char *value, long min, long max, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(value, &end, 10);
-    if (errno || end == value || *end || v < min || v > max) {
-        fprintf(stderr, "airavata bench: invalid value '%s' for %s: expected an integer from "
-                "%ld to %ld\n", value, opt, min, max);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
-}
-
 enum { OPT_URL = 256, OPT_API, OPT_SERVER_MODEL, OPT_CONCURRENCY, OPT_TIMEOUT, OPT_JSON, OPT_CSV, OPT_CHART,
        OPT_WORKER };
 
@@ -114,15 +101,15 @@ static int parse_args(int argc, char **argv, av_bench_options *o, int *worker) {
                 return -1;
             }
             break;
-        case 'p': bad = parse_int("--prompt-tokens", optarg, 2, 1 << 20, &o->prompt_tokens); break;
-        case 'n': bad = parse_int("--new-tokens", optarg, 2, 1 << 20, &o->new_tokens); break;
-        case 'r': bad = parse_int("--repetitions", optarg, 1, AV_BENCH_MAX_REPS, &o->repetitions); break;
-        case 't': bad = parse_int("--threads", optarg, 0, 1024, &o->n_threads); break;
+        case 'p': bad = cli_parse_int("bench", "--prompt-tokens", optarg, 2, 1 << 20, &o->prompt_tokens); break;
+        case 'n': bad = cli_parse_int("bench", "--new-tokens", optarg, 2, 1 << 20, &o->new_tokens); break;
+        case 'r': bad = cli_parse_int("bench", "--repetitions", optarg, 1, AV_BENCH_MAX_REPS, &o->repetitions); break;
+        case 't': bad = cli_parse_int("bench", "--threads", optarg, 0, 1024, &o->n_threads); break;
         case OPT_CONCURRENCY:
-            bad = parse_int("--concurrency", optarg, 1, AV_BENCH_MAX_CONCURRENCY, &o->concurrency);
+            bad = cli_parse_int("bench", "--concurrency", optarg, 1, AV_BENCH_MAX_CONCURRENCY, &o->concurrency);
             break;
         case OPT_TIMEOUT:
-            bad = parse_int("--timeout", optarg, 1, 86400, &timeout);
+            bad = cli_parse_int("bench", "--timeout", optarg, 1, 86400, &timeout);
             o->timeout_s = timeout;
             break;
         case OPT_JSON: o->format = AV_FORMAT_JSON; break;

@@ -24,4 +24,14 @@ int cmd_bench(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_pull(int argc, char **argv);
 
+/* Parse a whole decimal integer in [min, max], or a number, from the value
+ * of option `opt`. On failure they print "airavata COMMAND: invalid value
+ * ..." to stderr and return -1; the callers then exit with AV_EXIT_USAGE.
+ * cli_parse_int requires min and max to fit in an int. */
+int cli_parse_long(const char *command, const char *opt, const char *value, long min, long max,
+                   long *out);
+int cli_parse_int(const char *command, const char *opt, const char *value, long min, long max,
+                  int *out);
+int cli_parse_float(const char *command, const char *opt, const char *value, float *out);
+
 #endif

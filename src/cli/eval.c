@@ -40,19 +40,6 @@ static void usage(FILE *out) {
         "exit codes: 0 success, 1 failure (message on stderr), 2 invalid command line\n");
 }
 
-static int parse_int(const char *opt, const char *value, long min, long max, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(value, &end, 10);
-    if (errno || end == value || *end || v < min || v > max) {
-        fprintf(stderr, "airavata eval: invalid value '%s' for %s: expected an integer from "
-                "%ld to %ld\n", value, opt, min, max);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
-}
-
 enum { OPT_BASE = 256, OPT_TEXT, OPT_STRIDE, OPT_SAVE, OPT_LOAD, OPT_CHAT, OPT_JSON,
        OPT_CHART };
 
@@ -80,12 +67,12 @@ static int parse_args(int argc, char **argv, av_eval_options *o) {
         case 'm': o->quant_dir = optarg; break;
         case OPT_BASE: o->base_dir = optarg; break;
         case OPT_TEXT: o->text_path = optarg; break;
-        case 'c': bad = parse_int("--ctx", optarg, 2, 1 << 20, &o->n_ctx); break;
-        case OPT_STRIDE: bad = parse_int("--stride", optarg, 1, 1 << 20, &o->stride); break;
+        case 'c': bad = cli_parse_int("eval", "--ctx", optarg, 2, 1 << 20, &o->n_ctx); break;
+        case OPT_STRIDE: bad = cli_parse_int("eval", "--stride", optarg, 1, 1 << 20, &o->stride); break;
         case OPT_SAVE: o->save_base_logits = optarg; break;
         case OPT_LOAD: o->base_logits = optarg; break;
-        case OPT_CHAT: bad = parse_int("--chat-tokens", optarg, 0, 4096, &o->chat_tokens); break;
-        case 't': bad = parse_int("--threads", optarg, 0, 1024, &o->n_threads); break;
+        case OPT_CHAT: bad = cli_parse_int("eval", "--chat-tokens", optarg, 0, 4096, &o->chat_tokens); break;
+        case 't': bad = cli_parse_int("eval", "--threads", optarg, 0, 1024, &o->n_threads); break;
         case OPT_JSON: o->format = AV_FORMAT_JSON; break;
         case OPT_CHART: o->chart_path = optarg; break;
         case 'h': return 1;

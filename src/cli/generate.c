@@ -69,34 +69,6 @@ static void usage(FILE *out) {
         MAX_STOPS);
 }
 
-/* Parses a whole decimal integer in [min, max]; prints an error naming the
- * option otherwise. */
-static int parse_int(const char *opt, const char *value, long min, long max, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(value, &end, 10);
-    if (errno || end == value || *end || v < min || v > max) {
-        fprintf(stderr, "airavata generate: invalid value '%s' for %s: expected an integer "
-                "from %ld to %ld\n", value, opt, min, max);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
-}
-
-static int parse_float(const char *opt, const char *value, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(value, &end);
-    if (errno || end == value || *end) {
-        fprintf(stderr, "airavata generate: invalid value '%s' for %s: expected a number\n",
-                value, opt);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int parse_seed(const char *value, uint64_t *out) {
     char *end;
     errno = 0;
@@ -152,13 +124,13 @@ static int parse_args(int argc, char **argv, generate_args *a) {
         case 'f': a->prompt_file = optarg; break;
         case OPT_CHAT: a->chat = 1; break;
         case OPT_SYSTEM: a->system = optarg; break;
-        case 'n': bad = parse_int("--max-new-tokens", optarg, 0, 1 << 24, &a->max_new_tokens); break;
-        case OPT_TEMP: bad = parse_float("--temp", optarg, &a->sampling.temperature); a->have_temp = 1; break;
-        case OPT_TOP_K: bad = parse_int("--top-k", optarg, 0, 1 << 30, &a->sampling.top_k); a->have_top_k = 1; break;
-        case OPT_TOP_P: bad = parse_float("--top-p", optarg, &a->sampling.top_p); a->have_top_p = 1; break;
-        case OPT_MIN_P: bad = parse_float("--min-p", optarg, &a->sampling.min_p); break;
-        case OPT_PENALTY: bad = parse_float("--repeat-penalty", optarg, &a->sampling.repetition_penalty); a->have_penalty = 1; break;
-        case OPT_PENALTY_N: bad = parse_int("--repeat-last-n", optarg, 0, 1 << 30, &a->sampling.repetition_window); break;
+        case 'n': bad = cli_parse_int("generate", "--max-new-tokens", optarg, 0, 1 << 24, &a->max_new_tokens); break;
+        case OPT_TEMP: bad = cli_parse_float("generate", "--temp", optarg, &a->sampling.temperature); a->have_temp = 1; break;
+        case OPT_TOP_K: bad = cli_parse_int("generate", "--top-k", optarg, 0, 1 << 30, &a->sampling.top_k); a->have_top_k = 1; break;
+        case OPT_TOP_P: bad = cli_parse_float("generate", "--top-p", optarg, &a->sampling.top_p); a->have_top_p = 1; break;
+        case OPT_MIN_P: bad = cli_parse_float("generate", "--min-p", optarg, &a->sampling.min_p); break;
+        case OPT_PENALTY: bad = cli_parse_float("generate", "--repeat-penalty", optarg, &a->sampling.repetition_penalty); a->have_penalty = 1; break;
+        case OPT_PENALTY_N: bad = cli_parse_int("generate", "--repeat-last-n", optarg, 0, 1 << 30, &a->sampling.repetition_window); break;
         case OPT_SEED: bad = parse_seed(optarg, &a->sampling.seed); a->have_seed = 1; break;
         case OPT_STOP:
             if (a->n_stops == MAX_STOPS) {
@@ -172,8 +144,8 @@ static int parse_args(int argc, char **argv, generate_args *a) {
             a->stops[a->n_stops++] = optarg;
             break;
         case OPT_IGNORE_EOS: a->ignore_eos = 1; break;
-        case 't': bad = parse_int("--threads", optarg, 1, 1024, &a->n_threads); break;
-        case 'c': bad = parse_int("--ctx", optarg, 1, 1 << 24, &a->n_ctx); break;
+        case 't': bad = cli_parse_int("generate", "--threads", optarg, 1, 1024, &a->n_threads); break;
+        case 'c': bad = cli_parse_int("generate", "--ctx", optarg, 1, 1 << 24, &a->n_ctx); break;
         case 'v': a->verbose = 1; break;
         case 'h': return 1;
         case ':':

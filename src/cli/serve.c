@@ -50,19 +50,6 @@ static void usage(FILE *out) {
         "line, 128+N after a second signal N\n");
 }
 
-static int parse_int(const char *opt, const char *value, long min, long max, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(value, &end, 10);
-    if (errno || end == value || *end || v < min || v > max) {
-        fprintf(stderr, "airavata serve: invalid value '%s' for %s: expected an integer from "
-                "%ld to %ld\n", value, opt, min, max);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 enum {
     OPT_HOST = 256, OPT_PORT, OPT_PARALLEL, OPT_BATCH, OPT_KV, OPT_QUEUE, OPT_TIMEOUT,
     OPT_SHUTDOWN, OPT_BODY, OPT_KEY, OPT_NAME, OPT_LOG_PROMPTS,
@@ -104,23 +91,23 @@ static int parse_args(int argc, char **argv, av_server_options *o) {
         switch (c) {
         case 'm': o->model_dir = optarg; break;
         case OPT_HOST: o->host = optarg; break;
-        case OPT_PORT: bad = parse_int("--port", optarg, 0, 65535, &v); o->port = (int)v; break;
+        case OPT_PORT: bad = cli_parse_long("serve", "--port", optarg, 0, 65535, &v); o->port = (int)v; break;
         case OPT_PARALLEL:
-            bad = parse_int("--parallel", optarg, 1, 256, &v);
+            bad = cli_parse_long("serve", "--parallel", optarg, 1, 256, &v);
             o->n_parallel = (int)v;
             break;
-        case 'c': bad = parse_int("--ctx", optarg, 1, 1 << 24, &v); o->n_ctx = (int)v; break;
-        case 't': bad = parse_int("--threads", optarg, 1, 1024, &v); o->n_threads = (int)v; break;
-        case OPT_BATCH: bad = parse_int("--batch", optarg, 1, 1 << 16, &v); o->n_batch = (int)v; break;
-        case OPT_KV: bad = parse_int("--kv-tokens", optarg, 1, 1 << 28, &v); o->kv_tokens = (int)v; break;
-        case OPT_QUEUE: bad = parse_int("--max-queue", optarg, 0, 1 << 20, &v); o->max_queue = (int)v; break;
-        case OPT_TIMEOUT: bad = parse_int("--timeout", optarg, 1, 86400, &v); o->timeout_s = (int)v; break;
+        case 'c': bad = cli_parse_long("serve", "--ctx", optarg, 1, 1 << 24, &v); o->n_ctx = (int)v; break;
+        case 't': bad = cli_parse_long("serve", "--threads", optarg, 1, 1024, &v); o->n_threads = (int)v; break;
+        case OPT_BATCH: bad = cli_parse_long("serve", "--batch", optarg, 1, 1 << 16, &v); o->n_batch = (int)v; break;
+        case OPT_KV: bad = cli_parse_long("serve", "--kv-tokens", optarg, 1, 1 << 28, &v); o->kv_tokens = (int)v; break;
+        case OPT_QUEUE: bad = cli_parse_long("serve", "--max-queue", optarg, 0, 1 << 20, &v); o->max_queue = (int)v; break;
+        case OPT_TIMEOUT: bad = cli_parse_long("serve", "--timeout", optarg, 1, 86400, &v); o->timeout_s = (int)v; break;
         case OPT_SHUTDOWN:
-            bad = parse_int("--shutdown-timeout", optarg, 0, 86400, &v);
+            bad = cli_parse_long("serve", "--shutdown-timeout", optarg, 0, 86400, &v);
             o->shutdown_timeout_s = (int)v;
             break;
         case OPT_BODY:
-            bad = parse_int("--max-body", optarg, 1024, 1L << 30, &v);
+            bad = cli_parse_long("serve", "--max-body", optarg, 1024, 1L << 30, &v);
             o->max_body_bytes = (size_t)v;
             break;
         case OPT_KEY: o->api_key = optarg; break;
