@@ -383,3 +383,13 @@ const av_tensor *av_checkpoint_require(const av_checkpoint *c, const char *name,
     }
     return t;
 }
+
+uint64_t av_checkpoint_module_bytes(const av_checkpoint *ckpt, const char *module) {
+    size_t len = strlen(module);
+    uint64_t bytes = 0;
+    for (int i = 0; i < av_checkpoint_tensor_count(ckpt); i++) {
+        const av_tensor *t = av_checkpoint_tensor(ckpt, i);
+        if (!strncmp(t->name, module, len) && t->name[len] == '.') bytes += t->nbytes;
+    }
+    return bytes;
+}

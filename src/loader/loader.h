@@ -34,6 +34,9 @@ int av_checkpoint_tensor_count(const av_checkpoint *ckpt);
 const av_tensor *av_checkpoint_tensor(const av_checkpoint *ckpt, int index);
 /* Returns the tensor called `name` in any shard, or NULL. */
 const av_tensor *av_checkpoint_find(const av_checkpoint *ckpt, const char *name);
+/* Bytes of the tensors of `module`: those named "<module>.<anything>", such
+ * as a quantized weight and its companions (absmax, quant_map, SCB, ...). */
+uint64_t av_checkpoint_module_bytes(const av_checkpoint *ckpt, const char *module);
 /* Total bytes of tensor data over all files. */
 uint64_t av_checkpoint_data_bytes(const av_checkpoint *ckpt);
 

@@ -61,19 +61,6 @@ static void *own_buffer(av_model *m, void *p) {
     return p;
 }
 
-/* Bytes of the checkpoint tensors of `module`: the weight and its
- * companions (absmax, quant_map, nested_*, quant_state, SCB,
- * weight_format), which all start with "<module>.". */
-static uint64_t module_file_bytes(const av_checkpoint *ckpt, const char *module) {
-    size_t len = strlen(module);
-    uint64_t bytes = 0;
-    for (int i = 0; i < av_checkpoint_tensor_count(ckpt); i++) {
-        const av_tensor *t = av_checkpoint_tensor(ckpt, i);
-        if (!strncmp(t->name, module, len) && t->name[len] == '.') bytes += t->nbytes;
-    }
-    return bytes;
-}
-
 /* NF4 codes are used in place; the absmax array (already dequantized when
  * double-quantized) moves to the model. Columns that are not a multiple of
  * AV_QGROUP would put a group across two absmax blocks, so such matrices
@@ -135,7 +122,7 @@ static av_status bind_linear(av_model *m, const char *module, int64_t rows, int6
     if (status) return status;
     m->n_quantized++;
     m->quant_memory_bytes += av_matrix_bytes(out);
-    m->quant_file_bytes += module_file_bytes(m->ckpt, module);
+    m->quant_file_bytes += av_checkpoint_module_bytes(m->ckpt, module);
     return AV_OK;
 }
 
