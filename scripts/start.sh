@@ -7,7 +7,8 @@
 #
 # MODEL   a Hugging Face repository id (default ai4bharat/Airavata) or a local
 #         model directory
-# QUANT   nf4 (default), int8, or bf16 (serve the checkpoint as it is)
+# QUANT   nf4 (default), int8, or bf16 (serve the checkpoint unconverted, in the
+#         dtype it is stored in)
 # HOST, PORT, PARALLEL, THREADS, CTX   passed to `airavata serve`
 #         (defaults 127.0.0.1, 8000, 4, all CPUs, the model's maximum up to 4096)
 # AIRAVATA_BIN   use this binary and skip installing and building
@@ -47,6 +48,10 @@ pull_error=""
 if [ -d "$MODEL" ]; then
     SOURCE=$(cd "$MODEL" && pwd)
     NAME=$(basename "$SOURCE")
+    # A local directory has no commit id: key its quantized copy by path and
+    # weight file times and sizes, so a changed model is quantized again.
+    STAMP=$( (echo "$SOURCE"; stat -c '%n %Y %s' "$SOURCE"/*.safetensors 2>/dev/null) |
+            sha256sum | cut -c1-12)
 elif SOURCE=$(HF_HUB_OFFLINE=1 "$BIN" pull -q "$MODEL" 2>/dev/null); then
     say "using the cached copy of $MODEL at $SOURCE"
     NAME=${MODEL//\//--}
@@ -81,7 +86,11 @@ fi
 if [ "$QUANT" = bf16 ]; then
     SERVE_DIR=$SOURCE
 else
-    SERVE_DIR="$AIRAVATA_CACHE/$NAME-$(basename "$SOURCE")-$QUANT"
+    if [ -d "$MODEL" ]; then
+        SERVE_DIR="$AIRAVATA_CACHE/$NAME-$STAMP-$QUANT"
+    else
+        SERVE_DIR="$AIRAVATA_CACHE/$NAME-$(basename "$SOURCE")-$QUANT"
+    fi
     if [ -f "$SERVE_DIR/config.json" ]; then
         say "using the $QUANT copy at $SERVE_DIR"
     else

@@ -2,7 +2,7 @@
 # Runs the whole test suite: installs missing dependencies, builds the
 # release and sanitizer builds, runs the C unit tests (ctest) and the
 # command-line tests (pytest) against both, and prints one closing line
-# "N passed, N failed". Exits non-zero if anything failed.
+# "N passed, N failed, N skipped". Exits non-zero if anything failed.
 #
 # Environment: AIRAVATA_SHARED points at the shared reference data
 # (default ../shared next to the repository).

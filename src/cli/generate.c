@@ -176,6 +176,14 @@ static int parse_args(int argc, char **argv, generate_args *a) {
         fprintf(stderr, "airavata generate: --system needs --chat\n");
         return -1;
     }
+    /* Out-of-range sampling values are command-line errors too: the
+     * sampler's own checks name the value and the accepted range. */
+    av_sampler *probe = av_sampler_create(&a->sampling, 1);
+    if (!probe) {
+        fprintf(stderr, "airavata generate: %s\n", av_last_error());
+        return -1;
+    }
+    av_sampler_free(probe);
     return 0;
 }
 

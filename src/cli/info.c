@@ -74,9 +74,22 @@ typedef struct {
     int blocksize;            /* NF4: of the first matrix */
     int double_quant;
     uint64_t parameters;      /* weights of the quantized matrices */
+    uint64_t stored_elements; /* elements of their tensors as stored (packed codes,
+                                 absmax, quant state, ...) */
     uint64_t file_bytes;      /* their tensors in the checkpoint */
     uint64_t memory_bytes;    /* their size once bound */
 } quant_totals;
+
+/* Elements of the tensors named "<module>.<anything>". */
+static uint64_t module_elements(const av_checkpoint *ckpt, const char *module) {
+    size_t len = strlen(module);
+    uint64_t n = 0;
+    for (int i = 0; i < av_checkpoint_tensor_count(ckpt); i++) {
+        const av_tensor *t = av_checkpoint_tensor(ckpt, i);
+        if (!strncmp(t->name, module, len) && t->name[len] == '.') n += (uint64_t)t->numel;
+    }
+    return n;
+}
 
 static uint64_t bound_bytes(const av_quant_weight *w) {
     const uint64_t rows = (uint64_t)w->rows, cols = (uint64_t)w->cols;
@@ -122,12 +135,19 @@ static av_status count_quantized(const av_checkpoint *ckpt, quant_totals *q) {
                 q->double_quant = w.double_quant;
             }
             q->parameters += (uint64_t)(rows * cols);
+            q->stored_elements += module_elements(ckpt, module);
             q->file_bytes += av_checkpoint_module_bytes(ckpt, module);
             q->memory_bytes += bound_bytes(&w);
             av_quant_weight_free(&w);
         }
     }
     return AV_OK;
+}
+
+/* Weights of the model: stored elements, with each quantized matrix counted
+ * as its rows x cols weights instead of its packed codes and quant state. */
+static uint64_t model_parameters(const checkpoint_totals *totals, const quant_totals *q) {
+    return totals->parameters - q->stored_elements + q->parameters;
 }
 
 /* The modules config.json keeps in 16 bits, as text. */
@@ -197,7 +217,7 @@ static void print_text(const av_checkpoint *ckpt, const checkpoint_totals *total
         if (totals->tensors[d])
             printf("  %-5s            %d tensors, %llu bytes\n", av_dtype_name((av_dtype)d),
                    totals->tensors[d], (unsigned long long)totals->bytes[d]);
-    printf("parameters:        %llu\n", (unsigned long long)totals->parameters);
+    printf("parameters:        %llu\n", (unsigned long long)model_parameters(totals, q));
     printf("size:              %llu bytes (%.3f GiB)\n",
            (unsigned long long)totals->total_bytes, (double)totals->total_bytes / GIB);
     if (c->quant.method != AV_QUANT_NONE) print_quantization(ckpt, totals, q);
@@ -271,7 +291,7 @@ static int print_json(const av_checkpoint *ckpt, const checkpoint_totals *totals
                              av_checkpoint_dir(ckpt), "config",
                              config_json(av_checkpoint_config(ckpt)), "tensor_count",
                              av_checkpoint_tensor_count(ckpt), "dtypes", dtypes, "parameters",
-                             (json_int_t)totals->parameters, "bytes",
+                             (json_int_t)model_parameters(totals, q), "bytes",
                              (json_int_t)totals->total_bytes, "gib",
                              (double)totals->total_bytes / GIB, "files", files);
     if (root) json_object_set_new(root, "quantization", quantization_json(ckpt, totals, q));

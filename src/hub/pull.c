@@ -245,11 +245,9 @@ static av_status pull_offline(const av_hub_pull_options *o, char *snapshot_dir, 
     char arg[AV_HUB_MAX_REPO + AV_HUB_MAX_REVISION + 2];
     snprintf(arg, sizeof arg, "%s@%s", o->repo, o->revision);
     if (av_model_resolve(arg, snapshot_dir, size) == AV_OK) return AV_OK;
-    char reason[1024];
-    snprintf(reason, sizeof reason, "%s", av_last_error());
-    return av_set_error(AV_ERR_IO, "HF_HUB_OFFLINE is set, so nothing is downloaded, and %s is "
-                        "not usable from the cache: %s. Unset HF_HUB_OFFLINE to download it",
-                        arg, reason);
+    return av_set_error(AV_ERR_IO, "%s is not in the Hugging Face cache ($HF_HUB_CACHE, else "
+                        "$HF_HOME/hub) and HF_HUB_OFFLINE=1 forbids downloading it; unset "
+                        "HF_HUB_OFFLINE to download it", arg);
 }
 
 av_status av_hub_pull(const av_hub_pull_options *o, char *snapshot_dir, size_t size) {

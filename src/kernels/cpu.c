@@ -79,9 +79,9 @@ static av_status select_from_env(void);
 static void detect_and_select(void) {
     best_isa = detect_isa();
     atomic_store(&current_isa, (int)best_isa);
-    if (select_from_env() != AV_OK) {
-        av_log(AV_LOG_ERROR, "%s; using %s kernels", av_last_error(), av_isa_name(best_isa));
-    }
+    /* An invalid AIRAVATA_ISA leaves the best set selected; av_kernels_init()
+     * reports it, so it is not logged here as well. */
+    (void)select_from_env();
 }
 
 av_isa av_cpu_best_isa(void) {
@@ -113,7 +113,8 @@ static av_status set_isa(av_isa isa) {
 }
 
 /* Set once av_kernels_set_isa() has chosen a path: av_kernels_init(), which
- * every model load calls, then keeps that choice instead of re-selecting. */
+ * every model load calls, then keeps that choice unless AIRAVATA_ISA is set,
+ * and a selection from AIRAVATA_ISA clears it. */
 static atomic_int chosen_by_caller;
 
 av_status av_kernels_set_isa(av_isa isa) {
@@ -143,7 +144,10 @@ static av_status select_from_env(void) {
 
 av_status av_kernels_init(void) {
     av_cpu_best_isa();
-    if (atomic_load(&chosen_by_caller)) return AV_OK;
+    const char *env = getenv("AIRAVATA_ISA");
+    int env_set = env && *env;
+    if (atomic_load(&chosen_by_caller) && !env_set) return AV_OK;
+    if (env_set) atomic_store(&chosen_by_caller, 0);
     av_isa previous = av_kernels_isa();
     atomic_store(&current_isa, (int)best_isa);
     av_status st = select_from_env();

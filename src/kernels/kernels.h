@@ -19,9 +19,10 @@
  * names, or the best the CPU supports when it is unset or empty. Returns
  * AV_ERR_INVALID for an unknown name and AV_ERR_UNSUPPORTED for an
  * instruction set this CPU lacks, and then leaves the selection unchanged.
- * Kernels called before it select the same way on first use, but can only
- * log such an error, so programs call this first to report it. After a
- * successful av_kernels_set_isa() it changes nothing: that choice stands. */
+ * Kernels called before it select the same way on first use but fall back
+ * to the best set silently on an invalid value, so programs call this first
+ * to report it. After a successful av_kernels_set_isa() and with
+ * AIRAVATA_ISA unset it changes nothing: the caller's choice stands. */
 av_status av_kernels_init(void);
 
 /* ---- thread pool ------------------------------------------------------- */

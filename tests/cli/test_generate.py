@@ -98,7 +98,7 @@ def test_usage_errors(run, args, message):
 ])
 def test_invalid_sampling_values(run, stories, args, message):
     proc = run("generate", "-m", stories, "-p", "Once", *args)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert message in proc.stderr.decode()
 
 
