@@ -31,7 +31,7 @@
 
 static void *alloc_floats(size_t n) { return malloc(sizeof(float) * (n ? n : 1)); }
 
-/* Fills the rotary tables exactly as Hugging Face computes them in f32:
+/* Fills the rotary tables the way Hugging Face computes them, in f32:
  * inv_freq[i] = 1 / theta^(2i/d), angle = pos * inv_freq[i]. */
 static void init_rope(av_context *ctx) {
     const av_config *c = &ctx->model->config;
