@@ -21,6 +21,7 @@
  * chunk.
  */
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/kernels_isa.h"
@@ -59,11 +60,14 @@ AV_INLINE float hsum8(__m256 v) {
 
 /* One R x T tile: rows r..r+R-1, tokens t..t+T-1. R and T are constants
  * after inlining, so the accumulator arrays live in registers. */
-AV_INLINE void tile(const av_matrix *w, const float *x, float *y, int64_t r, int t,
-                    const int R, const int T, av_dtype dtype) {
-    const int64_t rows = w->rows, cols = w->cols, cols8 = cols & ~(int64_t)7;
+/* One R x T tile whose first weight row starts at wbase: rows r..r+R-1 of
+ * the output, tokens t..t+T-1. R and T are constants after inlining, so the
+ * accumulator arrays live in registers. */
+AV_INLINE void tile_at(const char *wbase, const int64_t cols, const int64_t rows,
+                       const float *x, float *y, int64_t r, int t, const int R, const int T,
+                       av_dtype dtype) {
+    const int64_t cols8 = cols & ~(int64_t)7;
     const size_t esize = dtype == AV_DTYPE_F32 ? 4 : 2;
-    const char *wbase = (const char *)w->data + (size_t)r * (size_t)cols * esize;
     const void *wr[TILE_ROWS];
     const float *xt[TILE_TOKENS];
     for (int i = 0; i < R; i++) wr[i] = wbase + (size_t)i * (size_t)cols * esize;
@@ -91,6 +95,13 @@ AV_INLINE void tile(const av_matrix *w, const float *x, float *y, int64_t r, int
     }
 }
 
+AV_INLINE void tile(const av_matrix *w, const float *x, float *y, int64_t r, int t,
+                    const int R, const int T, av_dtype dtype) {
+    const size_t esize = dtype == AV_DTYPE_F32 ? 4 : 2;
+    const char *wbase = (const char *)w->data + (size_t)r * (size_t)w->cols * esize;
+    tile_at(wbase, w->cols, w->rows, x, y, r, t, R, T, dtype);
+}
+
 /* Runs tiles of R rows over tokens [t0, t1). */
 AV_INLINE void tile_tokens(const av_matrix *w, const float *x, float *y, int64_t r, int t0,
                            int t1, const int R, av_dtype dtype) {
@@ -112,8 +123,67 @@ static int token_block(int64_t cols) {
     return (int)block;
 }
 
+/* Batches of at least this many tokens widen 16-bit weights once per panel. */
+#define PANEL_MIN_TOKENS 32
+
+/* Widens n values of a 16-bit row to f32. */
+AV_INLINE void widen_row(float *dst, const void *src, int64_t n, av_dtype dtype) {
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) _mm256_storeu_ps(dst + c, load8(src, c, dtype));
+    for (; c < n; c++) dst[c] = load1(src, c, dtype);
+}
+
+/* Runs R-row tiles whose weights start at wbase over tokens [t0, t1). */
+AV_INLINE void tile_tokens_at(const char *wbase, int64_t cols, int64_t rows, const float *x,
+                              float *y, int64_t r, int t0, int t1, const int R,
+                              av_dtype dtype) {
+    int t = t0;
+    for (; t + TILE_TOKENS <= t1; t += TILE_TOKENS)
+        tile_at(wbase, cols, rows, x, y, r, t, R, TILE_TOKENS, dtype);
+    switch (t1 - t) {
+    case 3: tile_at(wbase, cols, rows, x, y, r, t, R, 3, dtype); break;
+    case 2: tile_at(wbase, cols, rows, x, y, r, t, R, 2, dtype); break;
+    case 1: tile_at(wbase, cols, rows, x, y, r, t, R, 1, dtype); break;
+    default: break;
+    }
+}
+
+/* Batched product of 16-bit weights: each panel of TILE_ROWS rows is
+ * widened to f32 once and then multiplied with every token, so the
+ * inner loop is pure f32 FMA and each weight is converted and read from
+ * memory once per call. Activations stream from the L2/L3 caches. Returns
+ * 0 when the panel buffer cannot be allocated, and the caller then uses
+ * the token-blocked path. */
+static int matmul_rows_panel(const av_matrix *w, const float *x, int n_tokens, float *y,
+                             int64_t r0, int64_t r1, av_dtype dtype) {
+    const int64_t cols = w->cols;
+    size_t panel_bytes = ((size_t)TILE_ROWS * (size_t)cols * sizeof(float) + 31) / 32 * 32;
+    float *panel = aligned_alloc(32, panel_bytes);
+    if (!panel) return 0;
+    const size_t row_bytes = (size_t)cols * 2;
+    for (int64_t r = r0; r < r1; r += TILE_ROWS) {
+        int R = r1 - r < TILE_ROWS ? (int)(r1 - r) : TILE_ROWS;
+        for (int i = 0; i < R; i++)
+            widen_row(panel + (size_t)i * (size_t)cols,
+                      (const char *)w->data + (size_t)(r + i) * row_bytes, cols, dtype);
+        if (R == TILE_ROWS) {
+            tile_tokens_at((const char *)panel, cols, w->rows, x, y, r, 0, n_tokens, TILE_ROWS,
+                           AV_DTYPE_F32);
+        } else {
+            for (int i = 0; i < R; i++)
+                tile_tokens_at((const char *)(panel + (size_t)i * (size_t)cols), cols, w->rows,
+                               x, y, r + i, 0, n_tokens, 1, AV_DTYPE_F32);
+        }
+    }
+    free(panel);
+    return 1;
+}
+
 AV_INLINE void matmul_rows(const av_matrix *w, const float *x, int n_tokens, float *y,
                            int64_t r0, int64_t r1, av_dtype dtype) {
+    if (dtype != AV_DTYPE_F32 && n_tokens >= PANEL_MIN_TOKENS &&
+        matmul_rows_panel(w, x, n_tokens, y, r0, r1, dtype))
+        return;
     int block = token_block(w->cols);
     for (int t0 = 0; t0 < n_tokens; t0 += block) {
         int t1 = n_tokens - t0 < block ? n_tokens : t0 + block;

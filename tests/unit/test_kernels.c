@@ -145,7 +145,8 @@ static int check_matmul_shape(av_threadpool *pool, av_dtype dtype, int64_t rows,
 static void test_matmul_odd_shapes_all_isas(void) {
     static const int64_t rows_list[] = {1, 3, 17, 67};
     static const int64_t cols_list[] = {1, 7, 33, 100, 257};
-    static const int tokens_list[] = {1, 2, 3, 5, 8, 13};
+    /* 37 tokens take the path that widens 16-bit weight panels once. */
+    static const int tokens_list[] = {1, 2, 3, 5, 8, 13, 37};
     av_threadpool *pools[2] = {av_threadpool_create(1), av_threadpool_create(2)};
     CHECK(pools[0] && pools[1]);
     for (int k = 0; k < n_supported_isas; k++) {
@@ -154,7 +155,7 @@ static void test_matmul_odd_shapes_all_isas(void) {
         for (int d = 0; d < 3; d++)
             for (int ri = 0; ri < 4; ri++)
                 for (int ci = 0; ci < 5; ci++)
-                    for (int ti = 0; ti < 6; ti++)
+                    for (int ti = 0; ti < 7; ti++)
                         for (int p = 0; p < 2; p++) {
                             total++;
                             bad += !check_matmul_shape(pools[p], matmul_dtypes[d],
@@ -172,13 +173,13 @@ static void test_matmul_odd_shapes_all_isas(void) {
 /* Shapes large enough to be split among threads and, with 4100 columns,
  * to span several token blocks. */
 static void test_matmul_large_shapes_all_isas(void) {
-    static const int tokens_list[] = {1, 6, 27};
+    static const int tokens_list[] = {1, 6, 27, 40};
     av_threadpool *pool = av_threadpool_create(2);
     CHECK(pool != NULL);
     for (int k = 0; k < n_supported_isas; k++) {
         CHECK(av_kernels_set_isa(supported_isas[k]) == AV_OK);
         for (int d = 0; d < 3; d++) {
-            for (int ti = 0; ti < 3; ti++) {
+            for (int ti = 0; ti < 4; ti++) {
                 CHECK_MSG(check_matmul_shape(pool, matmul_dtypes[d], 131, 4100, tokens_list[ti]),
                           "%s %s tokens %d", av_isa_name(supported_isas[k]),
                           av_dtype_name(matmul_dtypes[d]), tokens_list[ti]);
