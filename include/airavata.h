@@ -105,7 +105,7 @@ typedef struct {
     int64_t numel;
     const void *data;
     size_t nbytes;
-    const char *file; /* path of the file that holds it */
+    const char *file; /* path of the file that contains it */
 } av_tensor;
 
 typedef struct av_safetensors av_safetensors;
@@ -141,7 +141,7 @@ void av_st_writer_abort(av_st_writer *w);       /* removes the .tmp file, frees 
 /* Model configuration (config.json)                                         */
 /* ------------------------------------------------------------------------ */
 
-/* How config.json's quantization_config says the Linear weights are stored
+/* The storage of the Linear weights that config.json's quantization_config declares
  * (bitsandbytes as transformers saves it). */
 typedef enum {
     AV_QUANT_NONE = 0, /* no quantization_config: F32/F16/BF16 weights */
@@ -360,7 +360,7 @@ size_t av_context_kv_block_bytes(const av_context *ctx);
 
 /* A batch of tokens, possibly from several sequences. Token i is at position
  * pos[i] of sequence seq[i]; positions of one sequence must be consecutive
- * and follow the ones already cached. logits[i] != 0 asks for the logits of
+ * and follow the ones already cached. logits[i] != 0 requests the logits of
  * token i. */
 typedef struct {
     int n_tokens;
@@ -372,7 +372,7 @@ typedef struct {
 
 /* Runs the forward pass for the batch, appending its keys and values to the
  * caches. For each token with logits[i] set, in order, writes vocab_size
- * floats to `logits_out` (which holds n_logits * vocab_size floats, n_logits
+ * floats to `logits_out` (which has room for n_logits * vocab_size floats, n_logits
  * being the number of flagged tokens). Weights are read once for the whole
  * batch. */
 av_status av_forward(av_context *ctx, const av_batch *batch, float *logits_out);

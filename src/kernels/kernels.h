@@ -22,7 +22,7 @@
  * Kernels called before it select the same way on first use but fall back
  * to the best set silently on an invalid value, so programs call this first
  * to report it. After a successful av_kernels_set_isa() and with
- * AIRAVATA_ISA unset it changes nothing: the caller's choice stands. */
+ * AIRAVATA_ISA unset it changes nothing: the caller's choice is kept. */
 av_status av_kernels_init(void);
 
 /* ---- thread pool ------------------------------------------------------- */
