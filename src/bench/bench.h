@@ -1,7 +1,7 @@
 /*
  * bench.h - internal interface of `airavata bench` and `airavata eval`.
  *
- * src/bench holds the measuring code: statistics (stats.c), the SVG chart
+ * src/bench contains the measuring code: statistics (stats.c), the SVG chart
  * writer (chart.c), the HTTP client for benchmarking a running server
  * (http_client.c), the in-process model benchmark (bench.c) and the
  * perplexity / KL-divergence evaluation (eval.c). The command-line parsing
@@ -81,7 +81,7 @@ av_status av_chart_write_svg(const char *path, const av_chart_axes *axes,
 typedef enum { AV_API_GENERATE = 0, AV_API_OPENAI } av_http_api;
 
 /* Sends one completion request for `prompt` with `max_new_tokens` to the
- * server at base URL `url` and checks that the answer is a JSON object of
+ * server at base URL `url` and checks that the response is a JSON object of
  * that API with the generated text in it. On success stores the request's
  * latency in seconds. Thread-safe after av_http_global_init(). */
 av_status av_http_complete(const char *url, av_http_api api, const char *model,
@@ -133,7 +133,7 @@ typedef struct {
 /* Loads the model and measures one repetition in this process. */
 av_status av_bench_measure(const av_bench_options *o, const char *model_dir,
                            av_bench_sample *out);
-/* Writes a sample as one JSON line (the worker's answer to its parent). */
+/* Writes a sample as one JSON line (the worker's report to its parent). */
 void av_bench_sample_write_json(FILE *f, const av_bench_sample *s);
 
 /* Runs the whole local benchmark (worker processes, round-robin over the
@@ -155,7 +155,7 @@ typedef struct {
     int n_ctx;                    /* window length in tokens; 0: min(512, model max) */
     int stride;                   /* window step; 0: n_ctx / 2 */
     int n_threads;
-    int chat_tokens;              /* new tokens per chat answer; 0: no chat check */
+    int chat_tokens;              /* new tokens per chat reply; 0: no chat check */
     av_output_format format;      /* markdown or JSON */
     const char *chart_path;
 } av_eval_options;

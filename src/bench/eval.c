@@ -219,7 +219,7 @@ typedef struct {
     json_t *chat; /* array, or NULL when the chat check did not run */
 } eval_report;
 
-/* Prints text with newlines shown as "\\n", so each answer stays on its line. */
+/* Prints text with newlines shown as "\\n", so each reply stays on its line. */
 static void print_one_line(const char *text) {
     for (const char *c = text ? text : ""; *c; c++) {
         if (*c == '\n') fputs("\\n", stdout);

@@ -5,9 +5,9 @@
  * Two APIs are spoken: our /generate ({"prompt", "max_new_tokens"} ->
  * {"generated_text"}, which the replaced FastAPI app also serves) and the
  * OpenAI completions API (/v1/completions {"prompt", "max_tokens"} ->
- * {"choices": [{"text"}]}, served by llama.cpp's server and ours). An answer
+ * {"choices": [{"text"}]}, served by llama.cpp's server and ours). A response
  * counts only when it is HTTP 200 with JSON of the expected shape, so a
- * server that answers garbage fails the benchmark instead of timing it.
+ * server that returns garbage fails the benchmark instead of timing it.
  */
 #include <curl/curl.h>
 #include <jansson.h>
@@ -63,7 +63,7 @@ static char *request_json(av_http_api api, const char *model, const char *prompt
     return text;
 }
 
-/* Checks that a 200 answer has the generated text where the API puts it. */
+/* Checks that a 200 response has the generated text where the API puts it. */
 static av_status check_answer(const char *url, av_http_api api, const response_body *body) {
     json_error_t jerr;
     json_t *root = json_loadb(body->data ? body->data : "", body->len, 0, &jerr);
@@ -147,7 +147,7 @@ av_status av_http_complete(const char *url, av_http_api api, const char *model,
     return st;
 }
 
-/* Body of GET url + path when it answers 200, as a malloc'd string. */
+/* Body of GET url + path when the server returns 200, as a malloc'd string. */
 static char *http_get(const char *url, const char *path, double timeout_s) {
     char endpoint[2048];
     size_t ulen = strlen(url);

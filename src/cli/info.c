@@ -80,17 +80,6 @@ typedef struct {
     uint64_t memory_bytes;    /* their size once bound */
 } quant_totals;
 
-/* Elements of the tensors named "<module>.<anything>". */
-static uint64_t module_elements(const av_checkpoint *ckpt, const char *module) {
-    size_t len = strlen(module);
-    uint64_t n = 0;
-    for (int i = 0; i < av_checkpoint_tensor_count(ckpt); i++) {
-        const av_tensor *t = av_checkpoint_tensor(ckpt, i);
-        if (!strncmp(t->name, module, len) && t->name[len] == '.') n += (uint64_t)t->numel;
-    }
-    return n;
-}
-
 static uint64_t bound_bytes(const av_quant_weight *w) {
     const uint64_t rows = (uint64_t)w->rows, cols = (uint64_t)w->cols;
     if (w->method == AV_QUANT_INT8)
@@ -135,7 +124,7 @@ static av_status count_quantized(const av_checkpoint *ckpt, quant_totals *q) {
                 q->double_quant = w.double_quant;
             }
             q->parameters += (uint64_t)(rows * cols);
-            q->stored_elements += module_elements(ckpt, module);
+            q->stored_elements += av_checkpoint_module_elements(ckpt, module);
             q->file_bytes += av_checkpoint_module_bytes(ckpt, module);
             q->memory_bytes += bound_bytes(&w);
             av_quant_weight_free(&w);

@@ -122,7 +122,7 @@ static int token_block(int64_t cols32) {
 }
 
 /* Decode (one token) of NF4 with bitsandbytes' 64-value blocks, R rows at
- * a time. One 32-byte load holds the codes of two groups, i.e. one block:
+ * a time. One 32-byte load contains the codes of two groups, i.e. one block:
  * its high nibbles are the even values of both groups (group g in the low
  * lane, g + 1 in the high lane) and its low nibbles the odd values, so the
  * activations of the two groups are regrouped the same way once per block

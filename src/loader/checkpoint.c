@@ -384,12 +384,22 @@ const av_tensor *av_checkpoint_require(const av_checkpoint *c, const char *name,
     return t;
 }
 
-uint64_t av_checkpoint_module_bytes(const av_checkpoint *ckpt, const char *module) {
+/* Sums the bytes (or the elements) of the tensors named "<module>.<anything>". */
+static uint64_t module_total(const av_checkpoint *ckpt, const char *module, int elements) {
     size_t len = strlen(module);
-    uint64_t bytes = 0;
+    uint64_t total = 0;
     for (int i = 0; i < av_checkpoint_tensor_count(ckpt); i++) {
         const av_tensor *t = av_checkpoint_tensor(ckpt, i);
-        if (!strncmp(t->name, module, len) && t->name[len] == '.') bytes += t->nbytes;
+        if (strncmp(t->name, module, len) != 0 || t->name[len] != '.') continue;
+        total += elements ? (uint64_t)t->numel : (uint64_t)t->nbytes;
     }
-    return bytes;
+    return total;
+}
+
+uint64_t av_checkpoint_module_bytes(const av_checkpoint *ckpt, const char *module) {
+    return module_total(ckpt, module, 0);
+}
+
+uint64_t av_checkpoint_module_elements(const av_checkpoint *ckpt, const char *module) {
+    return module_total(ckpt, module, 1);
 }

@@ -485,7 +485,7 @@ static av_status read_sampling(const char *path, json_t *root, av_generation_con
     g->repetition_penalty = (float)penalty;
 
     /* In transformers, do_sample false means greedy decoding whatever the
-     * temperature says; temperature 0 is how this library spells greedy. */
+     * temperature is; temperature 0 is how this library spells greedy. */
     int do_sample = -1;
     if ((s = get_bool(path, root, "do_sample", &do_sample))) return s;
     if (do_sample == 0) g->temperature = 0;

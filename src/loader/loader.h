@@ -37,6 +37,8 @@ const av_tensor *av_checkpoint_find(const av_checkpoint *ckpt, const char *name)
 /* Bytes of the tensors of `module`: those named "<module>.<anything>", such
  * as a quantized weight and its companions (absmax, quant_map, SCB, ...). */
 uint64_t av_checkpoint_module_bytes(const av_checkpoint *ckpt, const char *module);
+/* Elements of the same tensors, as stored (packed codes count one per byte). */
+uint64_t av_checkpoint_module_elements(const av_checkpoint *ckpt, const char *module);
 /* Total bytes of tensor data over all files. */
 uint64_t av_checkpoint_data_bytes(const av_checkpoint *ckpt);
 

@@ -2,7 +2,7 @@
 
 The local benchmark runs the model and its NF4, int8 and bf16 copies made
 by `airavata quantize`; the server benchmark runs against `airavata serve`
-on 127.0.0.1, a port that refuses connections and a server that answers
+on 127.0.0.1, a port that refuses connections and a server that returns
 garbage.
 """
 import http.server
