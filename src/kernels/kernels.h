@@ -48,11 +48,17 @@ typedef enum {
     AV_MATRIX_DENSE = 0, /* F32, F16 or BF16 values, row-major */
     AV_MATRIX_NF4,       /* bitsandbytes NF4 codes used in place (see below) */
     AV_MATRIX_INT8,      /* LLM.int8 rows with one scale per row */
+    AV_MATRIX_NF4_PACKED, /* NF4 codes repacked in row tiles (see below) */
 } av_matrix_format;
 
 /* Values per quantization group of the quantized formats: one activation
  * scale, and for NF4 one weight scale, covers this many columns. */
 #define AV_QGROUP 32
+
+/* Packed NF4: rows per tile and values per block (bitsandbytes' default
+ * block size, two groups). */
+#define AV_NF4_TILE_ROWS 4
+#define AV_NF4_BLOCK 64
 
 /*
  * A weight matrix [rows, cols]. Zero-initialized quantization fields mean
@@ -64,6 +70,19 @@ typedef enum {
  * g (counted over the whole matrix) has the weight scale
  * scale[g >> group_shift], the float absmax of its bitsandbytes block of
  * 32 << group_shift values; value = av_nf4_code[code] * scale.
+ *
+ * NF4 packed (cols a multiple of AV_NF4_BLOCK): the same codes and scales
+ * rearranged so that each thread reads one sequential stream. Rows form
+ * tiles of AV_NF4_TILE_ROWS (the last tile padded with zero-scale rows);
+ * for tile t, block b (columns 64b .. 64b + 63) and row i of the tile, step
+ * s = t * (cols / 64) + b holds
+ *   data[s * 128 + 32 * i .. + 31]  the block's 32 code bytes in
+ *                                   bitsandbytes' order (value 2j in the
+ *                                   high nibble of byte j);
+ *   scale[s * 4 + i]                its absmax (a larger bitsandbytes block
+ *                                   repeats its absmax for each of its
+ *                                   64-value blocks).
+ * row_stride is cols.
  *
  * INT8: `data` has rows of `row_stride` int8 values (cols rounded up to
  * AV_QGROUP, the padding zero) and scale[r] is the factor of row r:
@@ -100,6 +119,17 @@ void av_matrix_row(const av_matrix *w, int64_t row, float *out);
  * a block size that is not a power of two of at least AV_QGROUP. */
 av_status av_matrix_nf4(av_matrix *m, int64_t rows, int64_t cols, const uint8_t *codes,
                         const float *absmax, int blocksize);
+/* Repacks bitsandbytes NF4 codes and their dequantized absmax into the
+ * packed layout, in one new allocation of 64-byte aligned memory returned
+ * in *storage (the caller frees it with free() after the matrix), on the
+ * threads of `pool` (NULL: the calling thread). Fails
+ * with AV_ERR_UNSUPPORTED when cols is not a multiple of AV_NF4_BLOCK or
+ * the block size is AV_QGROUP (use av_matrix_nf4 then), AV_ERR_INVALID for
+ * a block size that is not a power of two of at least AV_QGROUP, and
+ * AV_ERR_NOMEM. */
+av_status av_matrix_nf4_pack(av_matrix *m, int64_t rows, int64_t cols, const uint8_t *codes,
+                             const float *absmax, int blocksize, av_threadpool *pool,
+                             void **storage);
 /* Describes int8 rows of `row_stride` values (a multiple of AV_QGROUP, at
  * least cols, the padding zero) with one float factor per row. */
 av_status av_matrix_int8(av_matrix *m, int64_t rows, int64_t cols, int64_t row_stride,
@@ -107,14 +137,24 @@ av_status av_matrix_int8(av_matrix *m, int64_t rows, int64_t cols, int64_t row_s
 /* Bytes a quantized matrix occupies: codes and scales. */
 uint64_t av_matrix_bytes(const av_matrix *m);
 
+/* Orders of the int8 activations, matching where NF4 keeps each value. */
+typedef enum {
+    AV_XORDER_NATURAL = 0, /* INT8: column order */
+    AV_XORDER_NF4_GROUP,   /* NF4 in place: per group, its 16 even-indexed
+                              values (high nibbles), then its 16 odd ones */
+    AV_XORDER_NF4_BLOCK,   /* packed NF4: per pair of groups (g, g + 1), the
+                              even values of g, of g + 1, then the odd values
+                              of g, of g + 1: the high nibbles of a 32-byte
+                              block, then its low nibbles. A last unpaired
+                              group uses AV_XORDER_NF4_GROUP. */
+} av_xorder;
+
 /* Quantizes activations for the integer products: x [n_tokens, cols] f32
  * becomes xq [n_tokens, cols32] int8 and xd [n_tokens, cols32 / 32] f32
  * with cols32 = cols rounded up to AV_QGROUP, the padding zero. Per group
- * of 32: d = max|x| / 127, q = round-to-nearest-even(x * (127 / max|x|)).
- * With nf4_order set, each group is stored as its 16 even-indexed values
- * followed by its 16 odd-indexed ones, the order of the high and low
- * nibbles of NF4 codes. Every instruction set produces the same bytes. */
-void av_quantize_activations(const float *x, int n_tokens, int64_t cols, int nf4_order,
+ * of 32: d = max|x| / 127, q = round-to-nearest-even(x * (127 / max|x|)),
+ * stored in `order`. Every instruction set produces the same bytes. */
+void av_quantize_activations(const float *x, int n_tokens, int64_t cols, av_xorder order,
                              int8_t *xq, float *xd);
 
 /* ---- elementwise and reductions --------------------------------------- */

@@ -17,13 +17,20 @@
 typedef void (*av_matmul_rows_fn)(const av_matrix *w, const float *x, int n_tokens, float *y,
                                   int64_t r0, int64_t r1);
 
+/* Activation scales per 64-value block that the packed NF4 products read:
+ * the first group's scale 4 times, then the second's, the lanes of the
+ * block's int32 sums in a ymm register. */
+#define AV_XSCALES_PER_BLOCK 8
+
 /* Computes rows [r0, r1) of y = W x for a quantized W (NF4 or INT8) from
  * activations quantized by av_quantize_activations: xq [n_tokens, cols32]
- * int8, in NF4 order for NF4 matrices, and xd [n_tokens, cols32 / 32]. */
+ * int8, in the order of the matrix format (av_matrix_xorder), and the
+ * scales xd [n_tokens, cols32 / 32], or for packed NF4 xd [n_tokens,
+ * cols / 64, AV_XSCALES_PER_BLOCK]. */
 typedef void (*av_qmatmul_rows_fn)(const av_matrix *w, const int8_t *xq, const float *xd,
                                    int n_tokens, float *y, int64_t r0, int64_t r1);
 /* Quantizes one row of activations (qmatmul.c documents the format). */
-typedef void (*av_quantize_row_fn)(const float *x, int64_t cols, int nf4_order, int8_t *xq,
+typedef void (*av_quantize_row_fn)(const float *x, int64_t cols, av_xorder order, int8_t *xq,
                                    float *xd);
 
 typedef struct {
@@ -88,8 +95,10 @@ void av_qmatmul(av_threadpool *pool, const av_matrix *w, const float *x, int n_t
                 float *y);
 void av_qmatmul_ref(const av_matrix *w, const float *x, int n_tokens, float *y);
 void av_qmatrix_row(const av_matrix *w, int64_t row, float *out);
-void av_quantize_row_scalar(const float *x, int64_t cols, int nf4_order, int8_t *xq,
+void av_quantize_row_scalar(const float *x, int64_t cols, av_xorder order, int8_t *xq,
                             float *xd);
-void av_quantize_row_avx2(const float *x, int64_t cols, int nf4_order, int8_t *xq, float *xd);
+void av_quantize_row_avx2(const float *x, int64_t cols, av_xorder order, int8_t *xq, float *xd);
+/* The activation order the products of a quantized format expect. */
+av_xorder av_matrix_xorder(const av_matrix *w);
 
 #endif

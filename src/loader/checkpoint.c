@@ -341,6 +341,10 @@ const av_tensor *av_checkpoint_find(const av_checkpoint *c, const char *name) {
 
 uint64_t av_checkpoint_data_bytes(const av_checkpoint *c) { return c->data_bytes; }
 
+void av_checkpoint_release(const av_checkpoint *c, const void *data, size_t bytes) {
+    for (int i = 0; i < c->n_files; i++) av_safetensors_release(c->files[i], data, bytes);
+}
+
 int av_checkpoint_file_count(const av_checkpoint *c) { return c->n_files; }
 
 const char *av_checkpoint_file_path(const av_checkpoint *c, int index) {

@@ -407,6 +407,21 @@ av_safetensors *av_safetensors_open(const char *path) {
     return st;
 }
 
+void av_safetensors_release(const av_safetensors *st, const void *data, size_t bytes) {
+    const uint8_t *begin = data, *map = st->map;
+    /* Not in this file's map: an aligned copy, or another file. */
+    if (!map || begin < map || bytes > st->map_size ||
+        (size_t)(begin - map) > st->map_size - bytes)
+        return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t first = ((uintptr_t)begin + page - 1) / page * page;
+    uintptr_t last = ((uintptr_t)begin + bytes) / page * page;
+    /* Only whole pages inside the range: neighbours may still be in use.
+     * The mapping is private and read-only, so dropped pages read back
+     * from the file if touched again. */
+    if (last > first) madvise((void *)first, last - first, MADV_DONTNEED);
+}
+
 void av_safetensors_close(av_safetensors *st) {
     if (!st) return;
     if (st->map) munmap(st->map, st->map_size);

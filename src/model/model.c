@@ -61,11 +61,23 @@ static void *own_buffer(av_model *m, void *p) {
     return p;
 }
 
-/* NF4 codes are used in place; the absmax array (already dequantized when
- * double-quantized) moves to the model. Columns that are not a multiple of
- * AV_QGROUP would put a group across two absmax blocks, so such matrices
- * are dequantized to F32 instead: no Llama shape needs that. */
+/* NF4 with blocks of 64 values or more and a column count that is a
+ * multiple of 64 (every Llama matrix) is repacked into the layout of the
+ * decode kernels (av_matrix_nf4_pack), and the file pages of the codes are
+ * released. Other block sizes use the codes in place, the absmax array
+ * (already dequantized when double-quantized) moving to the model. Columns
+ * that are not a multiple of AV_QGROUP would put a group across two absmax
+ * blocks, so such matrices are dequantized to F32 instead. */
 static av_status bind_nf4(av_model *m, const char *name, av_quant_weight *qw, av_matrix *out) {
+    void *storage = NULL;
+    av_status status = av_matrix_nf4_pack(out, qw->rows, qw->cols, qw->codes, qw->absmax,
+                                          qw->blocksize, m->load_pool, &storage);
+    if (status == AV_OK) {
+        if (!own_buffer(m, storage)) return av_set_error(AV_ERR_NOMEM, "%s: out of memory", name);
+        av_checkpoint_release(m->ckpt, qw->codes, (size_t)((qw->rows * qw->cols + 1) / 2));
+        return AV_OK;
+    }
+    if (status == AV_ERR_NOMEM) return av_set_error(AV_ERR_NOMEM, "%s: %s", name, av_last_error());
     if (av_matrix_nf4(out, qw->rows, qw->cols, qw->codes, qw->absmax, qw->blocksize) == AV_OK) {
         if (!own_buffer(m, qw->absmax)) {
             qw->absmax = NULL;
@@ -213,6 +225,8 @@ av_model *av_model_load(const char *model_arg, const av_load_options *options) {
     const av_config *c = &m->config;
 
     double bind_start = seconds_now();
+    if (c->quant.method == AV_QUANT_NF4 && !(m->load_pool = av_threadpool_create(m->n_threads)))
+        goto fail;
     if (bind_matrix(m->ckpt, "model.embed_tokens.weight", c->vocab_size, c->dim, &m->embed))
         goto fail;
     /* A tied model may still store lm_head.weight (transformers does not, but
@@ -231,9 +245,12 @@ av_model *av_model_load(const char *model_arg, const av_load_options *options) {
     }
     for (int l = 0; l < c->n_layers; l++)
         if (bind_layer(m, l, &m->layers[l])) goto fail;
+    av_threadpool_free(m->load_pool);
+    m->load_pool = NULL;
     if (m->n_quantized && !(options && options->quiet)) {
-        /* NF4 codes and aligned INT8 rows are used in place, so the time is
-         * mostly reading and dequantizing the block scales. */
+        /* NF4 is copied into the packed layout (reading the codes from the
+         * file if they are not in the page cache); aligned INT8 rows are
+         * used in place, so their time is mostly reading the scales. */
         av_log(AV_LOG_INFO, "repacked %d %s matrices (%.3f GiB) in %.3f s", m->n_quantized,
                c->quant.method == AV_QUANT_NF4 ? "NF4" : "INT8",
                (double)m->quant_memory_bytes / (1024.0 * 1024.0 * 1024.0),
@@ -254,6 +271,7 @@ fail:
 
 void av_model_free(av_model *m) {
     if (!m) return;
+    av_threadpool_free(m->load_pool);
     if (m->layers) {
         for (int l = 0; l < m->config.n_layers; l++) {
             free(m->layers[l].attn_norm);

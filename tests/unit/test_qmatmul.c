@@ -1,7 +1,7 @@
-/* Quantized products (NF4 and INT8): every instruction set this CPU
- * supports against the scalar reference on odd shapes with 1 and 2
- * threads, and the scalar reference against the exact f32 product of the
- * dequantized weights.
+/* Quantized products (NF4 in place, NF4 packed and INT8): every
+ * instruction set this CPU supports against the scalar reference on odd
+ * shapes with 1 and 2 threads, and the scalar reference against the exact
+ * f32 product of the dequantized weights.
  *
  * Tolerances.
  * - ISA vs scalar: both compute the same exact int32 sum per group of 32
@@ -45,6 +45,8 @@ typedef struct {
     av_matrix m;
     uint8_t *codes;   /* NF4 */
     float *absmax;    /* NF4 */
+    int blocksize;    /* NF4 */
+    void *packed;     /* NF4 packed: the storage of av_matrix_nf4_pack */
     int8_t *q;        /* INT8, rows padded to a multiple of 32 */
     float *row_scale; /* INT8 */
     float *values;    /* rows * cols: bitsandbytes' dequantization */
@@ -70,9 +72,23 @@ static qmatrix make_nf4(int64_t rows, int64_t cols, int blocksize) {
     t.values = malloc(sizeof(float) * (size_t)n);
     av_nf4_quantize(t.original, AV_DTYPE_F32, n, blocksize, t.codes, t.absmax);
     av_nf4_dequantize(t.codes, t.absmax, n, blocksize, t.values);
+    t.blocksize = blocksize;
     av_status st = av_matrix_nf4(&t.m, rows, cols, t.codes, t.absmax, blocksize);
     CHECK_MSG(st == AV_OK, "%s", av_last_error());
     return t;
+}
+
+/* The same matrix repacked as the loader does. */
+static qmatrix make_nf4_packed(int64_t rows, int64_t cols, int blocksize) {
+    qmatrix t = make_nf4(rows, cols, blocksize);
+    av_status st =
+        av_matrix_nf4_pack(&t.m, rows, cols, t.codes, t.absmax, blocksize, NULL, &t.packed);
+    CHECK_MSG(st == AV_OK, "%s", av_last_error());
+    return t;
+}
+
+static int is_nf4(const av_matrix *m) {
+    return m->format == AV_MATRIX_NF4 || m->format == AV_MATRIX_NF4_PACKED;
 }
 
 static qmatrix make_int8(int64_t rows, int64_t cols) {
@@ -98,6 +114,7 @@ static qmatrix make_int8(int64_t rows, int64_t cols) {
 }
 
 static void free_qmatrix(qmatrix *t) {
+    free(t->packed);
     free(t->codes);
     free(t->absmax);
     free(t->q);
@@ -129,7 +146,7 @@ static void exact_and_bound(const qmatrix *t, const float *x, int n_tokens, doub
                             double *abs_sum, double *bound) {
     const int64_t rows = t->m.rows, cols = t->m.cols;
     const int64_t groups = (cols + 31) / 32;
-    const double level_error = t->m.format == AV_MATRIX_NF4 ? nf4_level_error() : 0.0;
+    const double level_error = is_nf4(&t->m) ? nf4_level_error() : 0.0;
     for (int tok = 0; tok < n_tokens; tok++) {
         const float *xt = x + (int64_t)tok * cols;
         for (int64_t r = 0; r < rows; r++) {
@@ -142,10 +159,7 @@ static void exact_and_bound(const qmatrix *t, const float *x, int n_tokens, doub
                 for (int64_t c = g * 32; c < cols && c < g * 32 + 32; c++) {
                     double w = t->values[r * cols + c];
                     double e_w = 0;
-                    if (t->m.format == AV_MATRIX_NF4) {
-                        int64_t block = (r * cols + c) >> t->m.group_shift >> 5;
-                        e_w = t->absmax[block] * level_error;
-                    }
+                    if (is_nf4(&t->m)) e_w = t->absmax[(r * cols + c) / t->blocksize] * level_error;
                     sum += w * xt[c];
                     abs += fabs(w * xt[c]);
                     b += fabs(w) * half_step + (fabs(xt[c]) + half_step) * e_w;
@@ -163,17 +177,28 @@ static const int case_rows[] = {1, 3, 17, 67};
 static const int case_cols[] = {32, 64, 96, 4096};
 static const int case_tokens[] = {1, 2, 3, 5, 8, 13};
 
+typedef enum { KIND_NF4, KIND_NF4_PACKED, KIND_INT8 } qkind;
+static const char *const kind_names[] = {"nf4", "nf4 packed", "int8"};
+
 /* Runs every shape of the tables on every ISA with 1 and 2 threads. */
-static void check_paths(int int8) {
+static void check_paths(qkind kind) {
     av_isa best = av_cpu_best_isa();
     av_threadpool *pools[2] = {av_threadpool_create(1), av_threadpool_create(2)};
     int n_cases = 0;
     for (size_t ri = 0; ri < sizeof case_rows / sizeof *case_rows; ri++)
         for (size_t ci = 0; ci < sizeof case_cols / sizeof *case_cols; ci++) {
             int64_t rows = case_rows[ri], cols = case_cols[ci];
-            /* Block sizes 32, 64 and 256: 64 straddles rows for 96 columns. */
+            /* Block sizes 32, 64 and 256: 64 straddles rows for 96 columns.
+             * The packed layout takes 64 and 256, and columns in multiples
+             * of 64. */
             int blocksize = 32 << (n_cases % 3 == 2 ? 3 : n_cases % 3);
-            qmatrix t = int8 ? make_int8(rows, cols) : make_nf4(rows, cols, blocksize);
+            if (kind == KIND_NF4_PACKED) {
+                if (cols % 64 != 0) continue;
+                blocksize = n_cases % 2 ? 256 : 64;
+            }
+            qmatrix t = kind == KIND_INT8 ? make_int8(rows, cols)
+                        : kind == KIND_NF4 ? make_nf4(rows, cols, blocksize)
+                                           : make_nf4_packed(rows, cols, blocksize);
             int max_tokens = 13;
             float *x = random_activations((size_t)(max_tokens * cols));
             size_t n_out = (size_t)max_tokens * (size_t)rows;
@@ -189,7 +214,7 @@ static void check_paths(int int8) {
                     CHECK_MSG(fabs(ref[i] - exact[i]) <= bound[i],
                               "%s [%lld, %lld] block %d, %d tokens, output %zu: ref %.8g, exact "
                               "%.8g, bound %.3g",
-                              int8 ? "int8" : "nf4", (long long)rows, (long long)cols,
+                              kind_names[kind], (long long)rows, (long long)cols,
                               blocksize, n_tokens, i, ref[i], exact[i], bound[i]);
                 for (int isa = AV_ISA_SCALAR; isa <= (int)best; isa++) {
                     CHECK(av_kernels_set_isa((av_isa)isa) == AV_OK);
@@ -202,7 +227,7 @@ static void check_paths(int int8) {
                             CHECK_MSG(fabs(y[i] - ref[i]) <= tol,
                                       "%s %s %d threads [%lld, %lld] %d tokens, output %zu: "
                                       "%.8g vs ref %.8g",
-                                      int8 ? "int8" : "nf4", av_isa_name((av_isa)isa), p + 1,
+                                      kind_names[kind], av_isa_name((av_isa)isa), p + 1,
                                       (long long)rows, (long long)cols, n_tokens, i, y[i],
                                       ref[i]);
                         }
@@ -223,8 +248,64 @@ static void check_paths(int int8) {
     av_threadpool_free(pools[1]);
 }
 
-static void test_nf4_paths_match_reference(void) { check_paths(0); }
-static void test_int8_paths_match_reference(void) { check_paths(1); }
+static void test_nf4_paths_match_reference(void) { check_paths(KIND_NF4); }
+static void test_nf4_packed_paths_match_reference(void) { check_paths(KIND_NF4_PACKED); }
+static void test_int8_paths_match_reference(void) { check_paths(KIND_INT8); }
+
+/* The packed layout holds the same codes and scales: its reference equals
+ * the in-place reference up to the order of the f32 accumulation, and its
+ * rows equal the in-place rows exactly. Packing on 3 threads writes the
+ * same bytes as on one. */
+static void test_nf4_packed_matches_in_place(void) {
+    const int64_t shapes[][2] = {{1, 64}, {6, 128}, {9, 4096}, {37, 256}};
+    av_threadpool *pool = av_threadpool_create(3);
+    for (size_t k = 0; k < 4; k++) {
+        int64_t rows = shapes[k][0], cols = shapes[k][1];
+        qmatrix t = make_nf4_packed(rows, cols, 128);
+        av_matrix in_place, threaded;
+        CHECK(av_matrix_nf4(&in_place, rows, cols, t.codes, t.absmax, 128) == AV_OK);
+        void *storage = NULL;
+        CHECK(av_matrix_nf4_pack(&threaded, rows, cols, t.codes, t.absmax, 128, pool,
+                                 &storage) == AV_OK);
+        CHECK(av_matrix_bytes(&threaded) == av_matrix_bytes(&t.m));
+        CHECK_MSG(memcmp(storage, t.packed, av_matrix_bytes(&t.m)) == 0,
+                  "[%lld, %lld]: packing on 3 threads differs", (long long)rows,
+                  (long long)cols);
+        free(storage);
+        float *x = random_activations((size_t)(2 * cols));
+        float *y = malloc(sizeof(float) * (size_t)(2 * rows));
+        float *y_in_place = malloc(sizeof(float) * (size_t)(2 * rows));
+        double *exact = malloc(sizeof(double) * (size_t)(2 * rows));
+        double *abs = malloc(sizeof(double) * (size_t)(2 * rows));
+        double *bound = malloc(sizeof(double) * (size_t)(2 * rows));
+        av_matmul_ref(&t.m, x, 2, y);
+        av_matmul_ref(&in_place, x, 2, y_in_place);
+        exact_and_bound(&t, x, 2, exact, abs, bound);
+        for (int64_t i = 0; i < 2 * rows; i++)
+            CHECK_MSG(fabs(y[i] - y_in_place[i]) <= 2.0 * (cols / 32 + 8) * U_F32 * abs[i],
+                      "[%lld, %lld] output %lld: packed %.8g, in place %.8g", (long long)rows,
+                      (long long)cols, (long long)i, y[i], y_in_place[i]);
+        float *row = malloc(sizeof(float) * (size_t)cols);
+        float *row_in_place = malloc(sizeof(float) * (size_t)cols);
+        for (int64_t r = 0; r < rows; r++) {
+            av_matrix_row(&t.m, r, row);
+            av_matrix_row(&in_place, r, row_in_place);
+            CHECK_MSG(memcmp(row, row_in_place, sizeof(float) * (size_t)cols) == 0,
+                      "[%lld, %lld] row %lld differs", (long long)rows, (long long)cols,
+                      (long long)r);
+        }
+        free(row);
+        free(row_in_place);
+        free(x);
+        free(y);
+        free(y_in_place);
+        free(exact);
+        free(abs);
+        free(bound);
+        free_qmatrix(&t);
+    }
+    av_threadpool_free(pool);
+}
 
 /* INT8 rows whose length is not a multiple of 32 are padded with zeros. */
 static void test_int8_padded_columns(void) {
@@ -269,13 +350,13 @@ static void test_activation_quantizer_matches(void) {
             for (int i = 0; i < 32; i++) x[32 + i] = 0.0f; /* an all-zero group */
             x[5] = 1e30f;                                  /* a large outlier */
         }
-        for (int order = 0; order < 2; order++) {
+        for (int order = AV_XORDER_NATURAL; order <= AV_XORDER_NF4_BLOCK; order++) {
             int8_t *q_ref = malloc((size_t)cols32), *q = malloc((size_t)cols32);
             float *d_ref = malloc(sizeof(float) * (size_t)(cols32 / 32));
             float *d = malloc(sizeof(float) * (size_t)(cols32 / 32));
-            av_quantize_row_scalar(x, cols, order, q_ref, d_ref);
+            av_quantize_row_scalar(x, cols, (av_xorder)order, q_ref, d_ref);
             if (av_cpu_best_isa() >= AV_ISA_AVX2) {
-                av_quantize_row_avx2(x, cols, order, q, d);
+                av_quantize_row_avx2(x, cols, (av_xorder)order, q, d);
                 CHECK_MSG(memcmp(q, q_ref, (size_t)cols32) == 0, "cols %lld order %d: codes",
                           (long long)cols, order);
                 CHECK_MSG(memcmp(d, d_ref, sizeof(float) * (size_t)(cols32 / 32)) == 0,
@@ -285,6 +366,10 @@ static void test_activation_quantizer_matches(void) {
             for (int64_t c = 0; c < cols; c++) {
                 int64_t g = c / 32, i = c % 32;
                 int64_t slot = order ? g * 32 + (i & 1) * 16 + i / 2 : c;
+                /* Block order: pairs of groups, evens of both then odds;
+                 * an unpaired last group keeps the group order. */
+                if (order == AV_XORDER_NF4_BLOCK && !(g % 2 == 0 && g + 1 == cols32 / 32))
+                    slot = (g / 2) * 64 + (i & 1) * 32 + (g % 2) * 16 + i / 2;
                 CHECK_MSG(fabs(q_ref[slot] * (double)d_ref[g] - x[c]) <=
                               d_ref[g] * 0.5 * (1 + 1e-5),
                           "cols %lld order %d value %lld", (long long)cols, order, (long long)c);
@@ -315,6 +400,15 @@ static void test_nf4_rejects_unaligned_columns(void) {
     CHECK(av_matrix_nf4(&m, 2, 32, codes, absmax, 48) == AV_ERR_INVALID);
     CHECK(av_matrix_nf4(&m, 2, 32, codes, absmax, 16) == AV_ERR_INVALID);
     CHECK(av_matrix_nf4(&m, 2, 32, codes, absmax, 64) == AV_OK);
+    /* The packed layout needs whole 64-value blocks. */
+    void *storage = &m;
+    CHECK(av_matrix_nf4_pack(&m, 2, 96, codes, absmax, 64, NULL, &storage) == AV_ERR_UNSUPPORTED);
+    CHECK(storage == NULL && m.data == NULL);
+    CHECK(av_matrix_nf4_pack(&m, 1, 64, codes, absmax, 32, NULL, &storage) == AV_ERR_UNSUPPORTED);
+    CHECK(av_matrix_nf4_pack(&m, 1, 64, codes, absmax, 96, NULL, &storage) == AV_ERR_INVALID);
+    CHECK(av_matrix_nf4_pack(&m, 1, 64, codes, absmax, 64, NULL, &storage) == AV_OK);
+    CHECK(m.format == AV_MATRIX_NF4_PACKED && storage != NULL);
+    free(storage);
     CHECK(av_matrix_int8(&m, 2, 32, 16, (const int8_t *)codes, absmax) == AV_ERR_INVALID);
     CHECK(av_matrix_int8(&m, 2, 40, 40, (const int8_t *)codes, absmax) == AV_ERR_INVALID);
 }
@@ -322,7 +416,7 @@ static void test_nf4_rejects_unaligned_columns(void) {
 /* Row lookup and the byte count. */
 static void test_matrix_row_and_bytes(void) {
     qmatrix t = make_nf4(3, 96, 64);
-    float row[96];
+    float row[128];
     av_matrix_row(&t.m, 2, row);
     for (int c = 0; c < 96; c++) {
         double absmax = t.absmax[(2 * 96 + c) / 64];
@@ -330,6 +424,17 @@ static void test_matrix_row_and_bytes(void) {
                   "nf4 column %d: %g vs %g", c, row[c], t.values[2 * 96 + c]);
     }
     CHECK(av_matrix_bytes(&t.m) == 3 * 96 / 2 + (3 * 96 / 64 + 1) * 4);
+    free_qmatrix(&t);
+
+    /* Packed: 3 rows take a tile of 4, 2 blocks each: 8 blocks of 32 code
+     * bytes and one f32 scale. */
+    t = make_nf4_packed(3, 128, 64);
+    av_matrix_row(&t.m, 2, row);
+    for (int c = 0; c < 128; c++)
+        CHECK_MSG(fabs(row[c] - t.values[2 * 128 + c]) <=
+                      t.absmax[(2 * 128 + c) / 64] * nf4_level_error() + 1e-6,
+                  "nf4 packed column %d: %g vs %g", c, row[c], t.values[2 * 128 + c]);
+    CHECK(av_matrix_bytes(&t.m) == 8 * (32 + 4));
     free_qmatrix(&t);
 
     t = make_int8(3, 40);
@@ -405,6 +510,8 @@ int main(void) {
     RUN(test_nf4_rejects_unaligned_columns);
     RUN(test_matrix_row_and_bytes);
     RUN(test_nf4_paths_match_reference);
+    RUN(test_nf4_packed_paths_match_reference);
+    RUN(test_nf4_packed_matches_in_place);
     RUN(test_int8_paths_match_reference);
     RUN(test_int8_padded_columns);
     RUN(test_precision_summary);
