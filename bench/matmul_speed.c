@@ -14,7 +14,7 @@
  * stays meaningful even when other processes share the memory bus.
  *
  * NF4 (64-value blocks, the bitsandbytes default, packed as the loader
- * packs them) and INT8 time the integer kernels of qmatmul.c; their weight
+ * packs them) and INT8 time the integer kernels of qmatmul.c. Their weight
  * bytes count codes and scales.
  *
  * Usage: matmul_speed [F32|F16|BF16|NF4|INT8 (default BF16)] [repeats (default 9)]
@@ -73,7 +73,7 @@ static const char *const format_names[] = {"F32", "F16", "BF16", "NF4", "INT8"};
 
 #define NF4_BLOCK 64
 
-/* Fills one random [rows, cols] matrix of format f; *data gets the memory
+/* Fills one random [rows, cols] matrix of format f, and *data gets the memory
  * to free. Returns 0, or 1 when out of memory. */
 static int make_matrix(format f, int64_t rows, int64_t cols, av_matrix *m, void **data) {
     size_t n = (size_t)(rows * cols);
@@ -89,7 +89,7 @@ static int make_matrix(format f, int64_t rows, int64_t cols, av_matrix *m, void 
     if (!w) return 1;
     fill_weights(w, AV_DTYPE_F32, n);
     if (f == FORMAT_NF4) {
-        /* Packed as the loader does; the codes before packing are freed. */
+        /* Packed as the loader does. The unpacked codes are freed. */
         size_t blocks = (n + NF4_BLOCK - 1) / NF4_BLOCK;
         uint8_t *codes = malloc(n / 2);
         float *absmax = malloc(blocks * sizeof(float));

@@ -73,8 +73,8 @@ typedef enum {
  *
  * NF4 packed (cols a multiple of AV_NF4_BLOCK): the same codes and scales
  * rearranged so that each thread reads one sequential stream. Rows form
- * tiles of AV_NF4_TILE_ROWS (the last tile padded with zero-scale rows);
- * for tile t, block b (columns 64b .. 64b + 63) and row i of the tile, step
+ * tiles of AV_NF4_TILE_ROWS, the last tile padded with zero-scale rows.
+ * For tile t, block b (columns 64b .. 64b + 63) and row i of the tile, step
  * s = t * (cols / 64) + b holds
  *   data[s * 128 + 32 * i .. + 31]  the block's 32 code bytes in
  *                                   bitsandbytes' order (value 2j in the

@@ -25,7 +25,7 @@
  * in-place layout reads four rows and the scale array as five streams with
  * a jump every 2 KiB, and on the 2-core AMD EPYC development machine the
  * decode kernel then reached about 55 % of the memory bandwidth that a
- * plain read gets; one stream lets the hardware prefetcher run ahead.
+ * plain read gets. One stream lets the hardware prefetcher run ahead.
  *
  * Precision, against the exact f32 product of bitsandbytes' dequantized
  * weights (test_qmatmul's precision summary: 256 x 4096 weights, N(0, 1)
@@ -174,7 +174,7 @@ av_status av_matrix_nf4_pack(av_matrix *m, int64_t rows, int64_t cols, const uin
                             "bytes of packed codes", (long long)rows, (long long)cols, total);
     }
 #ifdef MADV_HUGEPAGE
-    /* Fewer TLB misses while streaming; only a hint. */
+    /* Asks for 2 MiB pages, so streaming takes fewer TLB misses. */
     if (total >= (2u << 20)) madvise(buf, total, MADV_HUGEPAGE);
 #endif
     nf4_pack_job job = {
@@ -318,7 +318,7 @@ static int32_t dot_int8_group(const int8_t *q, const int8_t *xq) {
 }
 
 /* Packed NF4: one 64-value block of one row, its codes and activations in
- * AV_XORDER_NF4_BLOCK order (even values at xq[0..31], odd at xq[32..63]);
+ * AV_XORDER_NF4_BLOCK order (even values at xq[0..31], odd at xq[32..63]).
  * sums[h] gets the integer sum of group h of the block. */
 static void dot_nf4_block(const uint8_t *codes, const int8_t *xq, int32_t sums[2]) {
     const int half = AV_QGROUP / 2;

@@ -26,7 +26,7 @@
  * both groups and its low nibbles the odd values, the order of
  * AV_XORDER_NF4_BLOCK activations, so lanes 0-3 of the int32 sums belong
  * to the first group and lanes 4-7 to the second. Decode takes the four
- * rows of a tile at once; prefill takes two rows of the tile with up to
+ * rows of a tile at once, and prefill takes two rows of the tile with up to
  * three tokens, while the tile's codes (8 KiB for 4096 columns) stay in L1
  * for the next tokens.
  */
@@ -43,8 +43,8 @@
 #define TOKEN_BLOCK_MAX 128
 /* Packed NF4 decode asks for the codes this many bytes (8 steps) ahead of
  * the block it computes. The hardware prefetcher alone left the 2-core
- * EPYC at 80-85 % of its plain-read bandwidth on 7B shapes; 768 to 1280
- * bytes ahead measured 85-95 % (bench/matmul_speed NF4). Prefetches past
+ * EPYC at 80-85 % of its plain-read bandwidth on 7B shapes, while 768 to
+ * 1280 bytes ahead measured 85-95 % (bench/matmul_speed NF4). Prefetches past
  * the end of the matrix are harmless: they never fault. */
 #define PREFETCH_BYTES 1024
 /* Packed NF4 prefill tile: 2 rows x 3 tokens keep 6 accumulators, the
@@ -283,8 +283,8 @@ AV_INLINE void nf4_packed_rows_tokens(const av_matrix *w, const int8_t *xq, cons
     }
 }
 
-/* Rows [r0, r1) of a packed NF4 product; r0 is a multiple of
- * AV_NF4_TILE_ROWS and r1 one too unless it is the row count. */
+/* Computes rows [r0, r1) of a packed NF4 product. r0 is a multiple of
+ * AV_NF4_TILE_ROWS, and so is r1 unless it is the row count. */
 static void nf4_packed_rows(const av_matrix *w, const int8_t *xq, const float *xd,
                             int n_tokens, float *y, int64_t r0, int64_t r1) {
     const int64_t tile0 = r0 / AV_NF4_TILE_ROWS;

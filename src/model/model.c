@@ -248,9 +248,9 @@ av_model *av_model_load(const char *model_arg, const av_load_options *options) {
     av_threadpool_free(m->load_pool);
     m->load_pool = NULL;
     if (m->n_quantized && !(options && options->quiet)) {
-        /* NF4 is copied into the packed layout (reading the codes from the
-         * file if they are not in the page cache); aligned INT8 rows are
-         * used in place, so their time is mostly reading the scales. */
+        /* NF4 is copied into the packed layout, reading the codes from the
+         * file if they are not in the page cache. Aligned INT8 rows are used
+         * in place, so their time is mostly reading the scales. */
         av_log(AV_LOG_INFO, "repacked %d %s matrices (%.3f GiB) in %.3f s", m->n_quantized,
                c->quant.method == AV_QUANT_NF4 ? "NF4" : "INT8",
                (double)m->quant_memory_bytes / (1024.0 * 1024.0 * 1024.0),

@@ -37,7 +37,7 @@ struct av_model {
 
     /* Quantized Linear weights (config.json's quantization_config).
      * Aligned INT8 rows (and NF4 codes that cannot be packed) stay in the
-     * checkpoint's memory map; packed NF4, the scales, padded INT8 rows and
+     * checkpoint's memory map. Packed NF4, the scales, padded INT8 rows and
      * dequantized fallbacks are allocated at load and listed in `owned`,
      * which av_model_free releases. */
     av_threadpool *load_pool; /* packs NF4 during av_model_load only */

@@ -366,8 +366,8 @@ static void test_activation_quantizer_matches(void) {
             for (int64_t c = 0; c < cols; c++) {
                 int64_t g = c / 32, i = c % 32;
                 int64_t slot = order ? g * 32 + (i & 1) * 16 + i / 2 : c;
-                /* Block order: pairs of groups, evens of both then odds;
-                 * an unpaired last group keeps the group order. */
+                /* Block order: pairs of groups, evens of both then odds.
+                 * An unpaired last group keeps the group order. */
                 if (order == AV_XORDER_NF4_BLOCK && !(g % 2 == 0 && g + 1 == cols32 / 32))
                     slot = (g / 2) * 64 + (i & 1) * 32 + (g % 2) * 16 + i / 2;
                 CHECK_MSG(fabs(q_ref[slot] * (double)d_ref[g] - x[c]) <=
