@@ -13,8 +13,8 @@
  * another copy on the same threads ("read GB/s"), so the ratio of the two
  * stays meaningful even when other processes share the memory bus.
  *
- * NF4 (64-value blocks, the bitsandbytes default, packed as the loader
- * packs them) and INT8 time the integer kernels of qmatmul.c. Their weight
+ * NF4 (64-value blocks, the bitsandbytes default) and INT8, packed as the
+ * loader packs them, time the integer kernels of qmatmul.c. Their weight
  * bytes count codes and scales.
  *
  * Usage: matmul_speed [F32|F16|BF16|NF4|INT8 (default BF16)] [repeats (default 9)]
@@ -100,12 +100,16 @@ static int make_matrix(format f, int64_t rows, int64_t cols, av_matrix *m, void 
         free(absmax);
         if (status) return free(w), 1;
     } else {
-        if (!(*data = malloc(n + (size_t)rows * sizeof(float)))) return free(w), 1;
-        int8_t *q = *data;
-        float *scb = (float *)(q + n), *scale = scb;
-        av_int8_quantize(w, AV_DTYPE_F32, rows, cols, q, scb);
-        for (int64_t r = 0; r < rows; r++) scale[r] = scb[r] / 127.0f;
-        av_matrix_int8(m, rows, cols, cols, q, scale);
+        /* Packed as the loader does. */
+        int8_t *q = malloc(n);
+        float *scale = malloc((size_t)rows * sizeof(float));
+        if (!q || !scale) return free(w), free(q), free(scale), 1;
+        av_int8_quantize(w, AV_DTYPE_F32, rows, cols, q, scale);
+        for (int64_t r = 0; r < rows; r++) scale[r] /= 127.0f;
+        av_status status = av_matrix_int8_pack(m, rows, cols, q, scale, NULL, data);
+        free(q);
+        free(scale);
+        if (status) return free(w), 1;
     }
     free(w);
     return 0;

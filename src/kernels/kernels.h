@@ -49,6 +49,7 @@ typedef enum {
     AV_MATRIX_NF4,       /* bitsandbytes NF4 codes used in place (see below) */
     AV_MATRIX_INT8,      /* LLM.int8 rows with one scale per row */
     AV_MATRIX_NF4_PACKED, /* NF4 codes repacked in row tiles (see below) */
+    AV_MATRIX_INT8_PACKED, /* INT8 rows repacked in row tiles (see below) */
 } av_matrix_format;
 
 /* Values per quantization group of the quantized formats: one activation
@@ -87,6 +88,12 @@ typedef enum {
  * INT8: `data` has rows of `row_stride` int8 values (cols rounded up to
  * AV_QGROUP, the padding zero) and scale[r] is the factor of row r:
  * value = q * scale[r].
+ *
+ * INT8 packed: the same values in tiles of AV_NF4_TILE_ROWS rows, the last
+ * tile padded with zero rows. For tile t, group g (columns 32g .. 32g + 31,
+ * zero past cols) and row i of the tile, step s = t * (row_stride / 32) + g
+ * holds data[s * 128 + 32 * i .. + 31]. scale[r] is the factor of row r, and
+ * row_stride is cols rounded up to AV_QGROUP.
  */
 typedef struct {
     av_dtype dtype;   /* dense: F32, F16 or BF16; NF4: U8; INT8: I8 */
@@ -134,6 +141,13 @@ av_status av_matrix_nf4_pack(av_matrix *m, int64_t rows, int64_t cols, const uin
  * least cols, the padding zero) with one float factor per row. */
 av_status av_matrix_int8(av_matrix *m, int64_t rows, int64_t cols, int64_t row_stride,
                          const int8_t *q, const float *row_scale);
+/* Copies int8 rows [rows, cols] (row-major, no padding) and their factors
+ * row_scale[rows] into the packed INT8 layout, on the threads of `pool`
+ * (NULL: the calling thread), in one new 64-byte aligned allocation
+ * returned in *storage (freed by the caller with free()). Fails with
+ * AV_ERR_INVALID for an empty or too large shape and AV_ERR_NOMEM. */
+av_status av_matrix_int8_pack(av_matrix *m, int64_t rows, int64_t cols, const int8_t *q,
+                              const float *row_scale, av_threadpool *pool, void **storage);
 /* Bytes a quantized matrix occupies: codes and scales. */
 uint64_t av_matrix_bytes(const av_matrix *m);
 

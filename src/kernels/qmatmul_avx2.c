@@ -28,7 +28,8 @@
  * to the first group and lanes 4-7 to the second. Decode takes the four
  * rows of a tile at once, and prefill takes two rows of the tile with up to
  * three tokens, while the tile's codes (8 KiB for 4096 columns) stay in L1
- * for the next tokens.
+ * for the next tokens. Packed INT8 is tiled the same way, one group of 32
+ * bytes per row and step.
  */
 #include <immintrin.h>
 #include <string.h>
@@ -309,6 +310,101 @@ static void nf4_packed_rows(const av_matrix *w, const int8_t *xq, const float *x
     }
 }
 
+/* ---- packed INT8 ----------------------------------------------------------- */
+
+/* Integer sums of 32 int8 weights against 32 int8 activations. */
+AV_INLINE __m256i group_sums(__m256i w, __m256i x) {
+    __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+/* Decode: the 4 rows of tile `tile` of a packed INT8 matrix for one token. */
+static void int8_packed_decode_tile(const av_matrix *w, const int8_t *xq, const float *xd,
+                                    float *y, int64_t tile) {
+    const int64_t n_groups = w->row_stride / AV_QGROUP;
+    const int64_t step_bytes = AV_NF4_TILE_ROWS * AV_QGROUP;
+    const int8_t *q = (const int8_t *)w->data + tile * n_groups * step_bytes;
+    __m256 acc[AV_NF4_TILE_ROWS];
+    for (int i = 0; i < AV_NF4_TILE_ROWS; i++) acc[i] = _mm256_setzero_ps();
+
+    for (int64_t g = 0; g < n_groups; g++, q += step_bytes) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(xq + g * AV_QGROUP));
+        __m256 dx = _mm256_set1_ps(xd[g]);
+        _mm_prefetch((const char *)q + PREFETCH_BYTES, _MM_HINT_T0);
+        _mm_prefetch((const char *)q + PREFETCH_BYTES + 64, _MM_HINT_T0);
+        for (int i = 0; i < AV_NF4_TILE_ROWS; i++) {
+            __m256i sum = group_sums(_mm256_loadu_si256((const __m256i *)(q + i * AV_QGROUP)), x);
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), dx, acc[i]);
+        }
+    }
+    for (int i = 0; i < AV_NF4_TILE_ROWS; i++) {
+        int64_t r = tile * AV_NF4_TILE_ROWS + i;
+        if (r < w->rows) y[r] = hsum8(acc[i]) * w->scale[r];
+    }
+}
+
+/* Prefill: rows i .. i + R - 1 of tile `tile` for T tokens t .. t + T - 1. */
+AV_INLINE void int8_packed_rows_tokens(const av_matrix *w, const int8_t *xq, const float *xd,
+                                       float *y, int64_t tile, int i, const int R, int t,
+                                       const int T) {
+    const int64_t n_groups = w->row_stride / AV_QGROUP;
+    const int64_t step_bytes = AV_NF4_TILE_ROWS * AV_QGROUP;
+    const int8_t *q = (const int8_t *)w->data + tile * n_groups * step_bytes + i * AV_QGROUP;
+    __m256 acc[PREFILL_ROWS][PREFILL_TOKENS];
+    for (int k = 0; k < R; k++)
+        for (int j = 0; j < T; j++) acc[k][j] = _mm256_setzero_ps();
+
+    for (int64_t g = 0; g < n_groups; g++, q += step_bytes) {
+        __m256i wv[PREFILL_ROWS], aw[PREFILL_ROWS];
+        for (int k = 0; k < R; k++) {
+            wv[k] = _mm256_loadu_si256((const __m256i *)(q + k * AV_QGROUP));
+            aw[k] = _mm256_abs_epi8(wv[k]);
+        }
+        for (int j = 0; j < T; j++) {
+            const int64_t xg = (int64_t)(t + j) * n_groups + g;
+            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + xg * AV_QGROUP));
+            __m256 dx = _mm256_set1_ps(xd[xg]);
+            for (int k = 0; k < R; k++) {
+                __m256i pairs = _mm256_maddubs_epi16(aw[k], _mm256_sign_epi8(x, wv[k]));
+                __m256i sum = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+                acc[k][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), dx, acc[k][j]);
+            }
+        }
+    }
+    for (int k = 0; k < R; k++) {
+        int64_t r = tile * AV_NF4_TILE_ROWS + i + k;
+        if (r >= w->rows) continue;
+        for (int j = 0; j < T; j++)
+            y[(int64_t)(t + j) * w->rows + r] = hsum8(acc[k][j]) * w->scale[r];
+    }
+}
+
+/* Computes rows [r0, r1) of a packed INT8 product (r0 and r1 as for
+ * nf4_packed_rows). */
+static void int8_packed_rows(const av_matrix *w, const int8_t *xq, const float *xd,
+                             int n_tokens, float *y, int64_t r0, int64_t r1) {
+    const int64_t tile0 = r0 / AV_NF4_TILE_ROWS;
+    const int64_t tile1 = (r1 + AV_NF4_TILE_ROWS - 1) / AV_NF4_TILE_ROWS;
+    if (n_tokens == 1) {
+        for (int64_t tile = tile0; tile < tile1; tile++)
+            int8_packed_decode_tile(w, xq, xd, y, tile);
+        return;
+    }
+    int block = token_block(w->row_stride);
+    for (int t0 = 0; t0 < n_tokens; t0 += block) {
+        int t1 = n_tokens - t0 < block ? n_tokens : t0 + block;
+        for (int64_t tile = tile0; tile < tile1; tile++)
+            for (int i = 0; i < AV_NF4_TILE_ROWS; i += PREFILL_ROWS) {
+                int t = t0;
+                for (; t + PREFILL_TOKENS <= t1; t += PREFILL_TOKENS)
+                    int8_packed_rows_tokens(w, xq, xd, y, tile, i, PREFILL_ROWS, t,
+                                            PREFILL_TOKENS);
+                if (t1 - t == 2) int8_packed_rows_tokens(w, xq, xd, y, tile, i, PREFILL_ROWS, t, 2);
+                if (t1 - t == 1) int8_packed_rows_tokens(w, xq, xd, y, tile, i, PREFILL_ROWS, t, 1);
+            }
+    }
+}
+
 AV_INLINE void qmatmul_rows(const av_matrix *w, const int8_t *xq, const float *xd, int n_tokens,
                             float *y, int64_t r0, int64_t r1, const int nf4) {
     if (nf4 && n_tokens == 1 && w->group_shift == 1 && (w->row_stride / AV_QGROUP) % 2 == 0) {
@@ -341,6 +437,8 @@ void av_qmatmul_rows_avx2(const av_matrix *w, const int8_t *xq, const float *xd,
                           float *y, int64_t r0, int64_t r1) {
     if (w->format == AV_MATRIX_NF4_PACKED)
         nf4_packed_rows(w, xq, xd, n_tokens, y, r0, r1);
+    else if (w->format == AV_MATRIX_INT8_PACKED)
+        int8_packed_rows(w, xq, xd, n_tokens, y, r0, r1);
     else if (w->format == AV_MATRIX_NF4)
         qmatmul_rows_nf4(w, xq, xd, n_tokens, y, r0, r1);
     else

@@ -162,8 +162,8 @@ static void qmatmul_rows_int8(const av_matrix *w, const int8_t *xq, const float 
 
 void av_qmatmul_rows_avx512(const av_matrix *w, const int8_t *xq, const float *xd,
                             int n_tokens, float *y, int64_t r0, int64_t r1) {
-    /* NOTE: packed NF4 has no AVX-512 kernel yet and runs the AVX2 one. */
-    if (w->format == AV_MATRIX_NF4_PACKED)
+    /* NOTE: the packed layouts have no AVX-512 kernels yet and run the AVX2 ones. */
+    if (w->format == AV_MATRIX_NF4_PACKED || w->format == AV_MATRIX_INT8_PACKED)
         av_qmatmul_rows_avx2(w, xq, xd, n_tokens, y, r0, r1);
     else if (w->format == AV_MATRIX_NF4)
         qmatmul_rows_nf4(w, xq, xd, n_tokens, y, r0, r1);

@@ -97,23 +97,23 @@ static av_status bind_nf4(av_model *m, const char *name, av_quant_weight *qw, av
     return AV_OK;
 }
 
-/* INT8 rows are used in place when their length is a multiple of AV_QGROUP
- * and copied into zero-padded rows otherwise. The row factor is
+/* INT8 rows are copied into the packed layout of the kernels
+ * (av_matrix_int8_pack, which also pads them to a multiple of AV_QGROUP),
+ * and the file pages of the rows are released. The row factor is
  * SCB * (1 / 127), bitsandbytes' dequantization. */
 static av_status bind_int8(av_model *m, const char *name, av_quant_weight *qw, av_matrix *out) {
     const int64_t rows = qw->rows, cols = qw->cols;
-    const int64_t stride = (cols + AV_QGROUP - 1) / AV_QGROUP * AV_QGROUP;
-    float *row_scale = own_buffer(m, malloc(sizeof(float) * (size_t)rows));
+    float *row_scale = malloc(sizeof(float) * (size_t)rows);
     if (!row_scale) return av_set_error(AV_ERR_NOMEM, "%s: out of memory", name);
     for (int64_t r = 0; r < rows; r++) row_scale[r] = qw->scale[r] * (float)(1.0 / 127.0);
-    const int8_t *q = qw->q;
-    if (stride != cols) {
-        int8_t *padded = own_buffer(m, calloc((size_t)(rows * stride), 1));
-        if (!padded) return av_set_error(AV_ERR_NOMEM, "%s: out of memory", name);
-        for (int64_t r = 0; r < rows; r++) memcpy(padded + r * stride, q + r * cols, (size_t)cols);
-        q = padded;
-    }
-    return av_matrix_int8(out, rows, cols, stride, q, row_scale);
+    void *storage = NULL;
+    av_status status = av_matrix_int8_pack(out, rows, cols, qw->q, row_scale, m->load_pool,
+                                           &storage);
+    free(row_scale);
+    if (status) return av_set_error(status, "%s: %s", name, av_last_error());
+    if (!own_buffer(m, storage)) return av_set_error(AV_ERR_NOMEM, "%s: out of memory", name);
+    av_checkpoint_release(m->ckpt, qw->q, (size_t)(rows * cols));
+    return AV_OK;
 }
 
 /* Binds the Linear weight "<module>.weight" [rows, cols]: quantized when
@@ -225,7 +225,7 @@ av_model *av_model_load(const char *model_arg, const av_load_options *options) {
     const av_config *c = &m->config;
 
     double bind_start = seconds_now();
-    if (c->quant.method == AV_QUANT_NF4 && !(m->load_pool = av_threadpool_create(m->n_threads)))
+    if (c->quant.method != AV_QUANT_NONE && !(m->load_pool = av_threadpool_create(m->n_threads)))
         goto fail;
     if (bind_matrix(m->ckpt, "model.embed_tokens.weight", c->vocab_size, c->dim, &m->embed))
         goto fail;
@@ -248,9 +248,8 @@ av_model *av_model_load(const char *model_arg, const av_load_options *options) {
     av_threadpool_free(m->load_pool);
     m->load_pool = NULL;
     if (m->n_quantized && !(options && options->quiet)) {
-        /* NF4 is copied into the packed layout, reading the codes from the
-         * file if they are not in the page cache. Aligned INT8 rows are used
-         * in place, so their time is mostly reading the scales. */
+        /* The codes are copied into the packed layouts, reading them from
+         * the file if they are not in the page cache. */
         av_log(AV_LOG_INFO, "repacked %d %s matrices (%.3f GiB) in %.3f s", m->n_quantized,
                c->quant.method == AV_QUANT_NF4 ? "NF4" : "INT8",
                (double)m->quant_memory_bytes / (1024.0 * 1024.0 * 1024.0),

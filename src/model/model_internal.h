@@ -35,12 +35,12 @@ struct av_model {
     av_layer *layers;   /* [n_layers] */
     int n_threads;
 
-    /* Quantized Linear weights (config.json's quantization_config).
-     * Aligned INT8 rows (and NF4 codes that cannot be packed) stay in the
-     * checkpoint's memory map. Packed NF4, the scales, padded INT8 rows and
-     * dequantized fallbacks are allocated at load and listed in `owned`,
-     * which av_model_free releases. */
-    av_threadpool *load_pool; /* packs NF4 during av_model_load only */
+    /* Quantized Linear weights (config.json's quantization_config). NF4
+     * codes that cannot be packed stay in the checkpoint's memory map. The
+     * packed NF4 and INT8 matrices, the scales and dequantized fallbacks
+     * are allocated at load and listed in `owned`, which av_model_free
+     * releases. */
+    av_threadpool *load_pool; /* packs the matrices during av_model_load only */
     void **owned;
     int n_owned, owned_capacity;
     int n_quantized;             /* matrices bound as NF4 or INT8 */

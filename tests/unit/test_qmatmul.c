@@ -113,6 +113,18 @@ static qmatrix make_int8(int64_t rows, int64_t cols) {
     return t;
 }
 
+/* The same matrix repacked as the loader does. */
+static qmatrix make_int8_packed(int64_t rows, int64_t cols, av_threadpool *pool) {
+    qmatrix t = make_int8(rows, cols);
+    int8_t *dense = malloc((size_t)(rows * cols));
+    for (int64_t r = 0; r < rows; r++)
+        memcpy(dense + r * cols, t.q + r * t.m.row_stride, (size_t)cols);
+    av_status st = av_matrix_int8_pack(&t.m, rows, cols, dense, t.row_scale, pool, &t.packed);
+    CHECK_MSG(st == AV_OK, "%s", av_last_error());
+    free(dense);
+    return t;
+}
+
 static void free_qmatrix(qmatrix *t) {
     free(t->packed);
     free(t->codes);
@@ -177,8 +189,8 @@ static const int case_rows[] = {1, 3, 17, 67};
 static const int case_cols[] = {32, 64, 96, 4096};
 static const int case_tokens[] = {1, 2, 3, 5, 8, 13};
 
-typedef enum { KIND_NF4, KIND_NF4_PACKED, KIND_INT8 } qkind;
-static const char *const kind_names[] = {"nf4", "nf4 packed", "int8"};
+typedef enum { KIND_NF4, KIND_NF4_PACKED, KIND_INT8, KIND_INT8_PACKED } qkind;
+static const char *const kind_names[] = {"nf4", "nf4 packed", "int8", "int8 packed"};
 
 /* Runs every shape of the tables on every ISA with 1 and 2 threads. */
 static void check_paths(qkind kind) {
@@ -196,9 +208,10 @@ static void check_paths(qkind kind) {
                 if (cols % 64 != 0) continue;
                 blocksize = n_cases % 2 ? 256 : 64;
             }
-            qmatrix t = kind == KIND_INT8 ? make_int8(rows, cols)
-                        : kind == KIND_NF4 ? make_nf4(rows, cols, blocksize)
-                                           : make_nf4_packed(rows, cols, blocksize);
+            qmatrix t = kind == KIND_INT8          ? make_int8(rows, cols)
+                        : kind == KIND_INT8_PACKED ? make_int8_packed(rows, cols, NULL)
+                        : kind == KIND_NF4         ? make_nf4(rows, cols, blocksize)
+                                                   : make_nf4_packed(rows, cols, blocksize);
             int max_tokens = 13;
             float *x = random_activations((size_t)(max_tokens * cols));
             size_t n_out = (size_t)max_tokens * (size_t)rows;
@@ -251,6 +264,7 @@ static void check_paths(qkind kind) {
 static void test_nf4_paths_match_reference(void) { check_paths(KIND_NF4); }
 static void test_nf4_packed_paths_match_reference(void) { check_paths(KIND_NF4_PACKED); }
 static void test_int8_paths_match_reference(void) { check_paths(KIND_INT8); }
+static void test_int8_packed_paths_match_reference(void) { check_paths(KIND_INT8_PACKED); }
 
 /* The packed layout holds the same codes and scales: its reference equals
  * the in-place reference up to the order of the f32 accumulation, and its
@@ -307,12 +321,14 @@ static void test_nf4_packed_matches_in_place(void) {
     av_threadpool_free(pool);
 }
 
-/* INT8 rows whose length is not a multiple of 32 are padded with zeros. */
+/* INT8 rows whose length is not a multiple of 32 are padded with zeros,
+ * in place and packed (packed on 2 threads). */
 static void test_int8_padded_columns(void) {
     const int64_t shapes[][2] = {{5, 37}, {19, 100}, {2, 1}};
     av_threadpool *pool = av_threadpool_create(2);
-    for (size_t s = 0; s < 3; s++) {
-        qmatrix t = make_int8(shapes[s][0], shapes[s][1]);
+    for (size_t s = 0; s < 6; s++) {
+        qmatrix t = s < 3 ? make_int8(shapes[s][0], shapes[s][1])
+                          : make_int8_packed(shapes[s - 3][0], shapes[s - 3][1], pool);
         int64_t rows = t.m.rows, cols = t.m.cols;
         float *x = random_activations((size_t)(3 * cols));
         size_t n = (size_t)(3 * rows);
@@ -443,6 +459,14 @@ static void test_matrix_row_and_bytes(void) {
         CHECK_NEAR(row[c], t.values[40 + c], 1e-6 * fabs(t.values[40 + c]) + 1e-12);
     CHECK(av_matrix_bytes(&t.m) == 3 * 64 + 3 * 4);
     free_qmatrix(&t);
+
+    /* Packed: a tile of 4 rows of 64 bytes, and 3 row scales. */
+    t = make_int8_packed(3, 40, NULL);
+    av_matrix_row(&t.m, 1, row);
+    for (int c = 0; c < 40; c++)
+        CHECK_NEAR(row[c], t.values[40 + c], 1e-6 * fabs(t.values[40 + c]) + 1e-12);
+    CHECK(av_matrix_bytes(&t.m) == 4 * 64 + 3 * 4);
+    free_qmatrix(&t);
 }
 
 /* Measures the relative RMS error of the integer products against the
@@ -513,6 +537,7 @@ int main(void) {
     RUN(test_nf4_packed_paths_match_reference);
     RUN(test_nf4_packed_matches_in_place);
     RUN(test_int8_paths_match_reference);
+    RUN(test_int8_packed_paths_match_reference);
     RUN(test_int8_padded_columns);
     RUN(test_precision_summary);
     return CHECK_DONE();
