@@ -109,13 +109,16 @@ static int parse_args(int argc, char **argv, quantize_args *a) {
     a->options.double_quant = 1;
     optind = 1;
     opterr = 0;
-    int c, bad = 0;
+    int c, bad = 0, have_block = 0;
     while (!bad && (c = getopt_long(argc, argv, ":m:o:t:fqh", options, NULL)) != -1) {
         switch (c) {
         case 'm': a->in_dir = optarg; break;
         case 'o': a->out_dir = optarg; break;
         case 't': bad = parse_type(optarg, &a->options.target); a->have_type = 1; break;
-        case OPT_BLOCK: bad = parse_block_size(optarg, &a->options.blocksize); break;
+        case OPT_BLOCK:
+            bad = parse_block_size(optarg, &a->options.blocksize);
+            have_block = 1;
+            break;
         case OPT_NO_DQ: a->options.double_quant = 0; break;
         case OPT_HEAD: a->options.quantize_head = 1; break;
         case OPT_SHARD: bad = parse_shard_size(optarg, &a->options.shard_bytes); break;
@@ -139,6 +142,11 @@ static int parse_args(int argc, char **argv, quantize_args *a) {
     if (!a->in_dir || !a->out_dir || !a->have_type) {
         fprintf(stderr, "airavata quantize: -m IN, -o OUT and --type are required; see "
                 "'airavata quantize --help'\n");
+        return -1;
+    }
+    if (a->options.target != AV_TARGET_NF4 && (have_block || !a->options.double_quant)) {
+        fprintf(stderr, "airavata quantize: %s applies to --type nf4 only; remove it\n",
+                have_block ? "--block-size" : "--no-double-quant");
         return -1;
     }
     return 0;

@@ -371,6 +371,16 @@ const av_tensor *av_checkpoint_require(const av_checkpoint *c, const char *name,
         return NULL;
     }
     if (t->dtype != AV_DTYPE_F32 && t->dtype != AV_DTYPE_F16 && t->dtype != AV_DTYPE_BF16) {
+        if (t->dtype == AV_DTYPE_U8 || t->dtype == AV_DTYPE_I8) {
+            /* A bitsandbytes weight whose config lost its quantization block. */
+            av_set_error(AV_ERR_FORMAT,
+                         "%s in %s: dtype %s looks like a bitsandbytes %s weight, but "
+                         "config.json has no quantization_config; restore the "
+                         "quantization_config block that was saved with the weights",
+                         name, t->file, av_dtype_name(t->dtype),
+                         t->dtype == AV_DTYPE_U8 ? "4-bit" : "8-bit");
+            return NULL;
+        }
         av_set_error(AV_ERR_UNSUPPORTED,
                      "%s in %s: dtype %s is not supported; weights must be F32, F16 or BF16",
                      name, t->file, av_dtype_name(t->dtype));

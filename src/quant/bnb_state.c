@@ -281,7 +281,10 @@ static av_status require_tensor(const av_checkpoint *ckpt, const char *name, con
     const av_tensor *t = av_checkpoint_find(ckpt, name);
     *out = t;
     if (!t)
-        return av_set_error(AV_ERR_FORMAT, "%s: tensor '%s' (%s) is missing",
+        return av_set_error(AV_ERR_FORMAT,
+                            "%s: tensor '%s' (%s) is missing; bitsandbytes saves it next to "
+                            "the weight, so the checkpoint is incomplete (save or quantize it "
+                            "again)",
                             av_checkpoint_dir(ckpt), name, what);
     if (t->dtype != dtype)
         return av_set_error(AV_ERR_FORMAT, "%s in %s: dtype %s expected for the %s, found %s",
@@ -303,7 +306,7 @@ static av_status copy_floats(const av_tensor *t, int64_t n, float *out) {
     memcpy(out, t->data, (size_t)n * sizeof *out);
     for (int64_t i = 0; i < n; i++)
         if (!isfinite(out[i]))
-            return av_set_error(AV_ERR_FORMAT, "%s in %s: value %lld is %g; expected finite",
+            return av_set_error(AV_ERR_FORMAT, "%s in %s: element %lld is %g; expected finite",
                                 t->name, t->file, (long long)i, (double)out[i]);
     return AV_OK;
 }
@@ -485,8 +488,12 @@ static av_status load_int8(const av_checkpoint *ckpt, const char *name, const av
         if (weight->dtype == AV_DTYPE_F32 || weight->dtype == AV_DTYPE_F16 ||
             weight->dtype == AV_DTYPE_BF16)
             return unquantized_error(weight, "8-bit LLM.int8");
-        return av_set_error(AV_ERR_FORMAT, "%s in %s: LLM.int8 weights must be I8, found %s",
-                            name, weight->file, av_dtype_name(weight->dtype));
+        return av_set_error(AV_ERR_FORMAT,
+                            "%s in %s: config.json's quantization_config declares 8-bit "
+                            "LLM.int8 weights (I8), but this tensor is %s%s; the config and "
+                            "the weights disagree",
+                            name, weight->file, av_dtype_name(weight->dtype),
+                            weight->dtype == AV_DTYPE_U8 ? " (packed 4-bit codes?)" : "");
     }
     char module[448], buf[512];
     const av_tensor *t, *scb;

@@ -177,6 +177,8 @@ def test_failure_removes_temporary_directory(run, stories, tmp_path):
     (["--type", "nf4", "--block-size", "16"], b"--block-size"),
     (["--type", "nf4", "--shard-size", "-1"], b"--shard-size"),
     (["--type", "nf4", "--bogus"], b"unknown option"),
+    (["--type", "int8", "--block-size", "128"], b"--block-size applies to --type nf4 only"),
+    (["--type", "bf16", "--no-double-quant"], b"--no-double-quant applies to --type nf4"),
 ])
 def test_invalid_arguments(run, stories, tmp_path, args, message):
     proc = run("quantize", "-m", stories, "-o", tmp_path / "out", *args)

@@ -3,7 +3,7 @@
 The models come from `airavata quantize` applied to the real stories260K
 model (dim 64, intermediate size 172: the MLP's down projection has 172
 columns, which is not a multiple of 32, so the NF4 fallback and the padded
-INT8 rows are exercised as well as the in-place layouts).
+INT8 rows are exercised as well as the packed layouts).
 """
 import json
 import re
@@ -139,3 +139,32 @@ def test_missing_companion_tensor_fails(run, quantized, tmp_path, qtype, tensor)
         assert tensor in err, err
         assert "missing" in err, err
         assert "Traceback" not in err and "Sanitizer" not in err, err
+
+
+def _edit_config(src_dir, dst_dir, edit):
+    shutil.copytree(src_dir, dst_dir)
+    config = json.loads((dst_dir / "config.json").read_text())
+    edit(config)
+    (dst_dir / "config.json").write_text(json.dumps(config))
+
+
+def test_nf4_without_quantization_config_fails(run, quantized, tmp_path):
+    broken = tmp_path / "broken"
+    _edit_config(quantized["nf4"], broken, lambda c: c.pop("quantization_config"))
+    proc = run("generate", "-m", broken, "-p", "Hi", "-n", 2)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert "no quantization_config" in err, err
+    assert "4-bit" in err, err
+
+
+def test_config_claiming_int8_over_nf4_fails(run, quantized, tmp_path):
+    broken = tmp_path / "broken"
+    int8_config = json.loads((quantized["int8"] / "config.json").read_text())
+    _edit_config(quantized["nf4"], broken,
+                 lambda c: c.update(quantization_config=int8_config["quantization_config"]))
+    proc = run("generate", "-m", broken, "-p", "Hi", "-n", 2)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert "declares 8-bit" in err, err
+    assert "disagree" in err, err
