@@ -588,8 +588,12 @@ static av_status make_tmp_dir(const char *out_dir, char **tmp) {
     if (!*tmp) return av_set_error(AV_ERR_NOMEM, "out of memory");
     snprintf(*tmp, n + 16, "%.*s.tmp-XXXXXX", (int)n, out_dir);
     if (!mkdtemp(*tmp)) {
-        av_status s = av_set_error(AV_ERR_IO, "%s: cannot create a temporary directory: %s",
-                                   *tmp, strerror(errno));
+        int err = errno;
+        av_status s = err == ENOENT
+            ? av_set_error(AV_ERR_IO, "%s: the directory that should contain the output does "
+                           "not exist; create it first", out_dir)
+            : av_set_error(AV_ERR_IO, "%s: cannot create a temporary directory: %s", *tmp,
+                           strerror(err));
         free(*tmp);
         *tmp = NULL;
         return s;

@@ -210,3 +210,10 @@ def test_help(run):
     proc = run("quantize", "--help")
     assert proc.returncode == 0
     assert b"--block-size" in proc.stdout and b"--no-double-quant" in proc.stdout
+
+
+def test_missing_output_parent(run, stories, tmp_path):
+    proc = run("quantize", "-m", stories, "-o", tmp_path / "nodir" / "out", "--type", "nf4")
+    assert proc.returncode == 1
+    assert b"does not exist; create it first" in proc.stderr
+    assert os.listdir(tmp_path) == []
