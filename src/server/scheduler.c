@@ -327,6 +327,10 @@ static void run_step(srv_scheduler *s) {
     for (int i = 0; i < n_logits; i++)
         finish[i] = sample_job(s, s->b_owner[i], s->logits + (size_t)i * s->vocab_size);
 
+    /* Counted before any job is published or finished, so a client that
+     * has read its last token finds it in /metrics. */
+    srv_metrics_tokens(s->metrics, n_tokens - n_decode, n_logits);
+    srv_metrics_step(s->metrics, n_sequences, n_tokens);
     pthread_mutex_lock(&s->lock);
     for (int i = 0; i < n_logits; i++) {
         srv_job *job = s->b_owner[i];
@@ -346,8 +350,6 @@ static void run_step(srv_scheduler *s) {
     s->kv_blocks_free = av_context_kv_blocks_free(s->ctx);
     pthread_cond_broadcast(&s->progress);
     pthread_mutex_unlock(&s->lock);
-    srv_metrics_tokens(s->metrics, n_tokens - n_decode, n_logits);
-    srv_metrics_step(s->metrics, n_sequences, n_tokens);
 }
 
 static void *scheduler_main(void *arg) {
