@@ -465,8 +465,10 @@ static json_t *quantization_block(const converter *cv) {
                         json_boolean(nf4 && cv->opt->double_quant));
     json_object_set_new(q, "llm_int8_enable_fp32_cpu_offload", json_false());
     json_object_set_new(q, "llm_int8_has_fp16_weight", json_false());
-    /* An explicit empty list makes transformers quantize lm_head too. */
-    int head = cv->opt->quantize_head && av_checkpoint_find(cv->ckpt, "lm_head.weight");
+    /* An explicit empty list makes transformers quantize lm_head too. A
+     * head tied to the embeddings is not saved and stays 16-bit. */
+    int head = cv->opt->quantize_head && !c->tie_embeddings &&
+               av_checkpoint_find(cv->ckpt, "lm_head.weight");
     json_object_set_new(q, "llm_int8_skip_modules", head ? json_array() : json_null());
     json_object_set_new(q, "llm_int8_threshold", json_real(6.0));
     json_object_set_new(q, "load_in_4bit", json_boolean(nf4));
@@ -672,8 +674,12 @@ av_status av_quantize_checkpoint(const char *in_dir, const char *out_dir,
                          "%s is already quantized (config.json has a quantization_config); "
                          "convert from the 16- or 32-bit checkpoint",
                          in_dir);
-    else
+    else {
+        if (opt.quantize_head && av_checkpoint_config(cv.ckpt)->tie_embeddings)
+            av_log(AV_LOG_WARN, "%s: lm_head is tied to the embeddings, which bitsandbytes "
+                   "never quantizes, so --quantize-head has no effect", in_dir);
         s = convert(&cv, out_dir);
+    }
     free(cv.tmp_dir);
     free(cv.items);
     av_checkpoint_close(cv.ckpt);

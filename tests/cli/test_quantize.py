@@ -217,3 +217,28 @@ def test_missing_output_parent(run, stories, tmp_path):
     assert proc.returncode == 1
     assert b"does not exist; create it first" in proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_quantize_head_untied(run, fixtures_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = run("quantize", "-m", fixtures_dir / "hf" / "gqa_untied_f32", "-o", out,
+               "--type", "nf4", "--quantize-head", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    quant = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert quant["llm_int8_skip_modules"] == []
+    info = run("info", "-m", out)
+    assert info.returncode == 0
+    assert b"16-bit modules   none" in info.stdout
+    # The quantized head has 419 rows, so the last row tile is padded.
+    gen = run("generate", "-m", out, "-p", "Hello", "-n", 3, "--temp", 0)
+    assert gen.returncode == 0, gen.stderr
+
+
+def test_quantize_head_tied_has_no_effect(run, stories, tmp_path):
+    out = tmp_path / "out"
+    proc = run("quantize", "-m", stories, "-o", out, "--type", "nf4", "--quantize-head",
+               "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert b"--quantize-head has no effect" in proc.stderr
+    quant = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert quant["llm_int8_skip_modules"] is None
