@@ -182,6 +182,29 @@ static const char *base_name(const char *path) {
     return slash ? slash + 1 : path;
 }
 
+/* Warns when the tensors carry bitsandbytes quantization state but
+ * config.json has no quantization_config: the counts would then treat
+ * packed codes as weights, and generate fails. */
+static void warn_lost_quantization_config(const av_checkpoint *ckpt) {
+    if (av_checkpoint_config(ckpt)->quant.method != AV_QUANT_NONE) return;
+    static const char *const suffixes[] = {".quant_state.bitsandbytes__nf4", ".SCB"};
+    for (int i = 0; i < av_checkpoint_tensor_count(ckpt); i++) {
+        const char *name = av_checkpoint_tensor(ckpt, i)->name;
+        size_t n = strlen(name);
+        for (int k = 0; k < 2; k++) {
+            size_t m = strlen(suffixes[k]);
+            if (n > m && strcmp(name + n - m, suffixes[k]) == 0) {
+                fprintf(stderr,
+                        "airavata info: warning: %s is bitsandbytes quantization state, but "
+                        "config.json has no quantization_config; the counts below treat packed "
+                        "codes as weights (restore the quantization_config block)\n",
+                        name);
+                return;
+            }
+        }
+    }
+}
+
 static void print_text(const av_checkpoint *ckpt, const checkpoint_totals *totals,
                        const quant_totals *q) {
     const av_config *c = av_checkpoint_config(ckpt);
@@ -327,6 +350,7 @@ int cmd_info(int argc, char **argv) {
         fprintf(stderr, "airavata info: %s\n", av_last_error());
         return AV_EXIT_FAILURE;
     }
+    warn_lost_quantization_config(ckpt);
     checkpoint_totals totals;
     quant_totals quantized = {0};
     int rc = AV_EXIT_FAILURE;

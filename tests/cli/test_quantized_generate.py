@@ -156,6 +156,10 @@ def test_nf4_without_quantization_config_fails(run, quantized, tmp_path):
     err = proc.stderr.decode()
     assert "no quantization_config" in err, err
     assert "4-bit" in err, err
+    info = run("info", "-m", broken)
+    assert info.returncode == 0
+    assert b"bitsandbytes quantization state" in info.stderr
+    assert b"no quantization_config" in info.stderr
 
 
 def test_config_claiming_int8_over_nf4_fails(run, quantized, tmp_path):
