@@ -56,9 +56,9 @@ typedef enum {
  * scale, and for NF4 one weight scale, covers this many columns. */
 #define AV_QGROUP 32
 
-/* Packed NF4: rows per tile and values per block (bitsandbytes' default
- * block size, two groups). */
-#define AV_NF4_TILE_ROWS 4
+/* Rows per tile of the packed layouts, and values per block of packed NF4
+ * (bitsandbytes' default block size, two groups). */
+#define AV_PACK_TILE_ROWS 4
 #define AV_NF4_BLOCK 64
 
 /*
@@ -74,7 +74,7 @@ typedef enum {
  *
  * NF4 packed (cols a multiple of AV_NF4_BLOCK): the same codes and scales
  * rearranged so that each thread reads one sequential stream. Rows form
- * tiles of AV_NF4_TILE_ROWS, the last tile padded with zero-scale rows.
+ * tiles of AV_PACK_TILE_ROWS, the last tile padded with zero-scale rows.
  * For tile t, block b (columns 64b .. 64b + 63) and row i of the tile, step
  * s = t * (cols / 64) + b holds
  *   data[s * 128 + 32 * i .. + 31]  the block's 32 code bytes in
@@ -89,7 +89,7 @@ typedef enum {
  * AV_QGROUP, the padding zero) and scale[r] is the factor of row r:
  * value = q * scale[r].
  *
- * INT8 packed: the same values in tiles of AV_NF4_TILE_ROWS rows, the last
+ * INT8 packed: the same values in tiles of AV_PACK_TILE_ROWS rows, the last
  * tile padded with zero rows. For tile t, group g (columns 32g .. 32g + 31,
  * zero past cols) and row i of the tile, step s = t * (row_stride / 32) + g
  * holds data[s * 128 + 32 * i .. + 31]. scale[r] is the factor of row r, and

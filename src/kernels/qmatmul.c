@@ -64,7 +64,7 @@ const int8_t av_nf4_levels_i8[16] = {
 /* Below this many multiply-adds a product runs on the calling thread. */
 #define PARALLEL_MIN_WORK 16384
 /* Chunks are multiples of this many rows (a multiple of the SIMD tiles and
- * of AV_NF4_TILE_ROWS). */
+ * of AV_PACK_TILE_ROWS). */
 #define CHUNK_ROW_ALIGN 16
 #define CHUNKS_PER_THREAD 8
 /* Activation buffers up to this many bytes live on the stack (decode). */
@@ -118,10 +118,10 @@ static uint8_t *alloc_packed(size_t n) {
 /* Bytes of the code stream and scales of a packed NF4 matrix. */
 static void nf4_packed_sizes(int64_t rows, int64_t cols, size_t *code_bytes,
                              size_t *scale_bytes) {
-    int64_t tiles = (rows + AV_NF4_TILE_ROWS - 1) / AV_NF4_TILE_ROWS;
+    int64_t tiles = (rows + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
     int64_t steps = tiles * (cols / AV_NF4_BLOCK);
-    *code_bytes = (size_t)steps * AV_NF4_TILE_ROWS * (AV_NF4_BLOCK / 2);
-    *scale_bytes = (size_t)steps * AV_NF4_TILE_ROWS * sizeof(float);
+    *code_bytes = (size_t)steps * AV_PACK_TILE_ROWS * (AV_NF4_BLOCK / 2);
+    *scale_bytes = (size_t)steps * AV_PACK_TILE_ROWS * sizeof(float);
 }
 
 typedef struct {
@@ -137,15 +137,15 @@ typedef struct {
  * touch of the new memory, which costs about as much as the copy. */
 static void nf4_pack_tiles(void *arg, int ith, int nth) {
     const nf4_pack_job *job = arg;
-    const int64_t tiles = (job->rows + AV_NF4_TILE_ROWS - 1) / AV_NF4_TILE_ROWS;
+    const int64_t tiles = (job->rows + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
     const int64_t n_blocks = job->cols / AV_NF4_BLOCK;
     const size_t block_bytes = AV_NF4_BLOCK / 2;
     for (int64_t tile = tiles * ith / nth; tile < tiles * (ith + 1) / nth; tile++) {
-        uint8_t *dst = job->dst + (size_t)(tile * n_blocks) * AV_NF4_TILE_ROWS * block_bytes;
-        float *dst_scale = job->dst_scale + tile * n_blocks * AV_NF4_TILE_ROWS;
+        uint8_t *dst = job->dst + (size_t)(tile * n_blocks) * AV_PACK_TILE_ROWS * block_bytes;
+        float *dst_scale = job->dst_scale + tile * n_blocks * AV_PACK_TILE_ROWS;
         for (int64_t b = 0; b < n_blocks; b++)
-            for (int i = 0; i < AV_NF4_TILE_ROWS; i++, dst += block_bytes, dst_scale++) {
-                int64_t r = tile * AV_NF4_TILE_ROWS + i;
+            for (int i = 0; i < AV_PACK_TILE_ROWS; i++, dst += block_bytes, dst_scale++) {
+                int64_t r = tile * AV_PACK_TILE_ROWS + i;
                 if (r >= job->rows) {
                     memset(dst, 0, block_bytes);
                     *dst_scale = 0.0f;
@@ -232,12 +232,12 @@ typedef struct {
 /* Packs this thread's share of the row tiles (see nf4_pack_tiles). */
 static void int8_pack_tiles(void *arg, int ith, int nth) {
     const int8_pack_job *job = arg;
-    const int64_t tiles = (job->rows + AV_NF4_TILE_ROWS - 1) / AV_NF4_TILE_ROWS;
+    const int64_t tiles = (job->rows + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
     for (int64_t tile = tiles * ith / nth; tile < tiles * (ith + 1) / nth; tile++) {
-        int8_t *dst = job->dst + (size_t)(tile * job->n_groups) * AV_NF4_TILE_ROWS * AV_QGROUP;
+        int8_t *dst = job->dst + (size_t)(tile * job->n_groups) * AV_PACK_TILE_ROWS * AV_QGROUP;
         for (int64_t g = 0; g < job->n_groups; g++)
-            for (int i = 0; i < AV_NF4_TILE_ROWS; i++, dst += AV_QGROUP) {
-                int64_t r = tile * AV_NF4_TILE_ROWS + i, c0 = g * AV_QGROUP;
+            for (int i = 0; i < AV_PACK_TILE_ROWS; i++, dst += AV_QGROUP) {
+                int64_t r = tile * AV_PACK_TILE_ROWS + i, c0 = g * AV_QGROUP;
                 int64_t n = r < job->rows ? job->cols - c0 : 0;
                 if (n > AV_QGROUP) n = AV_QGROUP;
                 if (n > 0) memcpy(dst, job->q + r * job->cols + c0, (size_t)n);
@@ -254,8 +254,8 @@ av_status av_matrix_int8_pack(av_matrix *m, int64_t rows, int64_t cols, const in
         return av_set_error(AV_ERR_INVALID, "INT8 matrix: shape [%lld, %lld] is empty or too "
                             "large to pack", (long long)rows, (long long)cols);
     const int64_t stride = round_up_group(cols);
-    const int64_t tiles = (rows + AV_NF4_TILE_ROWS - 1) / AV_NF4_TILE_ROWS;
-    const size_t code_bytes = (size_t)(tiles * AV_NF4_TILE_ROWS * stride);
+    const int64_t tiles = (rows + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
+    const size_t code_bytes = (size_t)(tiles * AV_PACK_TILE_ROWS * stride);
     const size_t bytes = code_bytes + (size_t)rows * sizeof(float);
     uint8_t *buf = alloc_packed(bytes);
     if (!buf)
@@ -295,8 +295,8 @@ uint64_t av_matrix_bytes(const av_matrix *m) {
     case AV_MATRIX_INT8:
         return (uint64_t)m->rows * (uint64_t)m->row_stride + (uint64_t)m->rows * sizeof(float);
     case AV_MATRIX_INT8_PACKED: {
-        uint64_t tiles = ((uint64_t)m->rows + AV_NF4_TILE_ROWS - 1) / AV_NF4_TILE_ROWS;
-        return tiles * AV_NF4_TILE_ROWS * (uint64_t)m->row_stride +
+        uint64_t tiles = ((uint64_t)m->rows + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
+        return tiles * AV_PACK_TILE_ROWS * (uint64_t)m->row_stride +
                (uint64_t)m->rows * sizeof(float);
     }
     case AV_MATRIX_DENSE: break;
@@ -410,7 +410,7 @@ static void qmatmul_rows_nf4_packed_scalar(const av_matrix *w, const int8_t *xq,
     const int64_t n_blocks = w->cols / AV_NF4_BLOCK;
     const uint8_t *codes = w->data;
     for (int64_t r = r0; r < r1; r++) {
-        const int64_t tile = r / AV_NF4_TILE_ROWS, i = r % AV_NF4_TILE_ROWS;
+        const int64_t tile = r / AV_PACK_TILE_ROWS, i = r % AV_PACK_TILE_ROWS;
         for (int t = 0; t < n_tokens; t++) {
             const int8_t *xt = xq + (int64_t)t * w->cols;
             const float *dt = xd + (int64_t)t * n_blocks * AV_XSCALES_PER_BLOCK;
@@ -418,9 +418,9 @@ static void qmatmul_rows_nf4_packed_scalar(const av_matrix *w, const int8_t *xq,
             for (int64_t b = 0; b < n_blocks; b++) {
                 const int64_t step = tile * n_blocks + b;
                 int32_t sums[2];
-                dot_nf4_block(codes + (step * AV_NF4_TILE_ROWS + i) * (AV_NF4_BLOCK / 2),
+                dot_nf4_block(codes + (step * AV_PACK_TILE_ROWS + i) * (AV_NF4_BLOCK / 2),
                               xt + b * AV_NF4_BLOCK, sums);
-                float ws = w->scale[step * AV_NF4_TILE_ROWS + i];
+                float ws = w->scale[step * AV_PACK_TILE_ROWS + i];
                 const float *db = dt + b * AV_XSCALES_PER_BLOCK;
                 acc += (float)sums[0] * (ws * db[0]);
                 acc += (float)sums[1] * (ws * db[AV_XSCALES_PER_BLOCK / 2]);
@@ -433,8 +433,8 @@ static void qmatmul_rows_nf4_packed_scalar(const av_matrix *w, const int8_t *xq,
 /* Returns the 32 values of group g of row r of a packed INT8 matrix. */
 static const int8_t *int8_packed_group(const av_matrix *w, int64_t r, int64_t g) {
     const int64_t n_groups = w->row_stride / AV_QGROUP;
-    const int64_t step = r / AV_NF4_TILE_ROWS * n_groups + g;
-    return (const int8_t *)w->data + (step * AV_NF4_TILE_ROWS + r % AV_NF4_TILE_ROWS) * AV_QGROUP;
+    const int64_t step = r / AV_PACK_TILE_ROWS * n_groups + g;
+    return (const int8_t *)w->data + (step * AV_PACK_TILE_ROWS + r % AV_PACK_TILE_ROWS) * AV_QGROUP;
 }
 
 void av_qmatmul_rows_scalar(const av_matrix *w, const int8_t *xq, const float *xd,
@@ -607,9 +607,9 @@ void av_qmatrix_row(const av_matrix *w, int64_t row, float *out) {
      * integer product uses. */
     if (w->format == AV_MATRIX_NF4_PACKED) {
         const int64_t n_blocks = w->cols / AV_NF4_BLOCK;
-        const int64_t tile = row / AV_NF4_TILE_ROWS, i = row % AV_NF4_TILE_ROWS;
+        const int64_t tile = row / AV_PACK_TILE_ROWS, i = row % AV_PACK_TILE_ROWS;
         for (int64_t b = 0; b < n_blocks; b++) {
-            const int64_t slot = (tile * n_blocks + b) * AV_NF4_TILE_ROWS + i;
+            const int64_t slot = (tile * n_blocks + b) * AV_PACK_TILE_ROWS + i;
             const uint8_t *codes = (const uint8_t *)w->data + slot * (AV_NF4_BLOCK / 2);
             const float absmax = w->scale[slot];
             for (int c = 0; c < AV_NF4_BLOCK; c++) {

@@ -214,21 +214,21 @@ AV_INLINE void decode_block(const uint8_t *codes, __m256i table, __m256i *w_even
 static void nf4_packed_decode_tile(const av_matrix *w, const int8_t *xq, const float *xd,
                                    float *y, int64_t tile) {
     const int64_t n_blocks = w->cols / AV_NF4_BLOCK;
-    const int64_t step_bytes = AV_NF4_TILE_ROWS * (AV_NF4_BLOCK / 2);
+    const int64_t step_bytes = AV_PACK_TILE_ROWS * (AV_NF4_BLOCK / 2);
     const uint8_t *codes = (const uint8_t *)w->data + tile * n_blocks * step_bytes;
-    const float *scale = w->scale + tile * n_blocks * AV_NF4_TILE_ROWS;
+    const float *scale = w->scale + tile * n_blocks * AV_PACK_TILE_ROWS;
     const __m256i table = _mm256_broadcastsi128_si256(
         _mm_loadu_si128((const __m128i *)av_nf4_levels_i8));
-    __m256 acc[AV_NF4_TILE_ROWS];
-    for (int i = 0; i < AV_NF4_TILE_ROWS; i++) acc[i] = _mm256_setzero_ps();
+    __m256 acc[AV_PACK_TILE_ROWS];
+    for (int i = 0; i < AV_PACK_TILE_ROWS; i++) acc[i] = _mm256_setzero_ps();
 
-    for (int64_t b = 0; b < n_blocks; b++, codes += step_bytes, scale += AV_NF4_TILE_ROWS) {
+    for (int64_t b = 0; b < n_blocks; b++, codes += step_bytes, scale += AV_PACK_TILE_ROWS) {
         __m256i x_even = _mm256_loadu_si256((const __m256i *)(xq + b * AV_NF4_BLOCK));
         __m256i x_odd = _mm256_loadu_si256((const __m256i *)(xq + b * AV_NF4_BLOCK + 32));
         __m256 dx = _mm256_loadu_ps(xd + b * AV_XSCALES_PER_BLOCK);
         _mm_prefetch((const char *)codes + PREFETCH_BYTES, _MM_HINT_T0);
         _mm_prefetch((const char *)codes + PREFETCH_BYTES + 64, _MM_HINT_T0);
-        for (int i = 0; i < AV_NF4_TILE_ROWS; i++) {
+        for (int i = 0; i < AV_PACK_TILE_ROWS; i++) {
             __m256i w_even, w_odd;
             decode_block(codes + i * (AV_NF4_BLOCK / 2), table, &w_even, &w_odd);
             __m256i sum = block_sums(w_even, w_odd, x_even, x_odd);
@@ -236,8 +236,8 @@ static void nf4_packed_decode_tile(const av_matrix *w, const int8_t *xq, const f
             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), s, acc[i]);
         }
     }
-    for (int i = 0; i < AV_NF4_TILE_ROWS; i++) {
-        int64_t r = tile * AV_NF4_TILE_ROWS + i;
+    for (int i = 0; i < AV_PACK_TILE_ROWS; i++) {
+        int64_t r = tile * AV_PACK_TILE_ROWS + i;
         if (r < w->rows) y[r] = hsum8(acc[i]) * (1.0f / 127.0f);
     }
 }
@@ -249,17 +249,17 @@ AV_INLINE void nf4_packed_rows_tokens(const av_matrix *w, const int8_t *xq, cons
                                       const int T) {
     const int64_t n_blocks = w->cols / AV_NF4_BLOCK;
     const int64_t scales_per_token = n_blocks * AV_XSCALES_PER_BLOCK;
-    const int64_t step_bytes = AV_NF4_TILE_ROWS * (AV_NF4_BLOCK / 2);
+    const int64_t step_bytes = AV_PACK_TILE_ROWS * (AV_NF4_BLOCK / 2);
     const uint8_t *codes = (const uint8_t *)w->data + tile * n_blocks * step_bytes +
                            i * (AV_NF4_BLOCK / 2);
-    const float *scale = w->scale + tile * n_blocks * AV_NF4_TILE_ROWS + i;
+    const float *scale = w->scale + tile * n_blocks * AV_PACK_TILE_ROWS + i;
     const __m256i table = _mm256_broadcastsi128_si256(
         _mm_loadu_si128((const __m128i *)av_nf4_levels_i8));
     __m256 acc[PREFILL_ROWS][PREFILL_TOKENS];
     for (int k = 0; k < R; k++)
         for (int j = 0; j < T; j++) acc[k][j] = _mm256_setzero_ps();
 
-    for (int64_t b = 0; b < n_blocks; b++, codes += step_bytes, scale += AV_NF4_TILE_ROWS) {
+    for (int64_t b = 0; b < n_blocks; b++, codes += step_bytes, scale += AV_PACK_TILE_ROWS) {
         __m256i w_even[PREFILL_ROWS], w_odd[PREFILL_ROWS];
         for (int k = 0; k < R; k++)
             decode_block(codes + k * (AV_NF4_BLOCK / 2), table, &w_even[k], &w_odd[k]);
@@ -277,7 +277,7 @@ AV_INLINE void nf4_packed_rows_tokens(const av_matrix *w, const int8_t *xq, cons
         }
     }
     for (int k = 0; k < R; k++) {
-        int64_t r = tile * AV_NF4_TILE_ROWS + i + k;
+        int64_t r = tile * AV_PACK_TILE_ROWS + i + k;
         if (r >= w->rows) continue;
         for (int j = 0; j < T; j++)
             y[(int64_t)(t + j) * w->rows + r] = hsum8(acc[k][j]) * (1.0f / 127.0f);
@@ -285,11 +285,11 @@ AV_INLINE void nf4_packed_rows_tokens(const av_matrix *w, const int8_t *xq, cons
 }
 
 /* Computes rows [r0, r1) of a packed NF4 product. r0 is a multiple of
- * AV_NF4_TILE_ROWS, and so is r1 unless it is the row count. */
+ * AV_PACK_TILE_ROWS, and so is r1 unless it is the row count. */
 static void nf4_packed_rows(const av_matrix *w, const int8_t *xq, const float *xd,
                             int n_tokens, float *y, int64_t r0, int64_t r1) {
-    const int64_t tile0 = r0 / AV_NF4_TILE_ROWS;
-    const int64_t tile1 = (r1 + AV_NF4_TILE_ROWS - 1) / AV_NF4_TILE_ROWS;
+    const int64_t tile0 = r0 / AV_PACK_TILE_ROWS;
+    const int64_t tile1 = (r1 + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
     if (n_tokens == 1) {
         for (int64_t tile = tile0; tile < tile1; tile++)
             nf4_packed_decode_tile(w, xq, xd, y, tile);
@@ -299,7 +299,7 @@ static void nf4_packed_rows(const av_matrix *w, const int8_t *xq, const float *x
     for (int t0 = 0; t0 < n_tokens; t0 += block) {
         int t1 = n_tokens - t0 < block ? n_tokens : t0 + block;
         for (int64_t tile = tile0; tile < tile1; tile++)
-            for (int i = 0; i < AV_NF4_TILE_ROWS; i += PREFILL_ROWS) {
+            for (int i = 0; i < AV_PACK_TILE_ROWS; i += PREFILL_ROWS) {
                 int t = t0;
                 for (; t + PREFILL_TOKENS <= t1; t += PREFILL_TOKENS)
                     nf4_packed_rows_tokens(w, xq, xd, y, tile, i, PREFILL_ROWS, t,
@@ -322,23 +322,23 @@ AV_INLINE __m256i group_sums(__m256i w, __m256i x) {
 static void int8_packed_decode_tile(const av_matrix *w, const int8_t *xq, const float *xd,
                                     float *y, int64_t tile) {
     const int64_t n_groups = w->row_stride / AV_QGROUP;
-    const int64_t step_bytes = AV_NF4_TILE_ROWS * AV_QGROUP;
+    const int64_t step_bytes = AV_PACK_TILE_ROWS * AV_QGROUP;
     const int8_t *q = (const int8_t *)w->data + tile * n_groups * step_bytes;
-    __m256 acc[AV_NF4_TILE_ROWS];
-    for (int i = 0; i < AV_NF4_TILE_ROWS; i++) acc[i] = _mm256_setzero_ps();
+    __m256 acc[AV_PACK_TILE_ROWS];
+    for (int i = 0; i < AV_PACK_TILE_ROWS; i++) acc[i] = _mm256_setzero_ps();
 
     for (int64_t g = 0; g < n_groups; g++, q += step_bytes) {
         __m256i x = _mm256_loadu_si256((const __m256i *)(xq + g * AV_QGROUP));
         __m256 dx = _mm256_set1_ps(xd[g]);
         _mm_prefetch((const char *)q + PREFETCH_BYTES, _MM_HINT_T0);
         _mm_prefetch((const char *)q + PREFETCH_BYTES + 64, _MM_HINT_T0);
-        for (int i = 0; i < AV_NF4_TILE_ROWS; i++) {
+        for (int i = 0; i < AV_PACK_TILE_ROWS; i++) {
             __m256i sum = group_sums(_mm256_loadu_si256((const __m256i *)(q + i * AV_QGROUP)), x);
             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), dx, acc[i]);
         }
     }
-    for (int i = 0; i < AV_NF4_TILE_ROWS; i++) {
-        int64_t r = tile * AV_NF4_TILE_ROWS + i;
+    for (int i = 0; i < AV_PACK_TILE_ROWS; i++) {
+        int64_t r = tile * AV_PACK_TILE_ROWS + i;
         if (r < w->rows) y[r] = hsum8(acc[i]) * w->scale[r];
     }
 }
@@ -348,7 +348,7 @@ AV_INLINE void int8_packed_rows_tokens(const av_matrix *w, const int8_t *xq, con
                                        float *y, int64_t tile, int i, const int R, int t,
                                        const int T) {
     const int64_t n_groups = w->row_stride / AV_QGROUP;
-    const int64_t step_bytes = AV_NF4_TILE_ROWS * AV_QGROUP;
+    const int64_t step_bytes = AV_PACK_TILE_ROWS * AV_QGROUP;
     const int8_t *q = (const int8_t *)w->data + tile * n_groups * step_bytes + i * AV_QGROUP;
     __m256 acc[PREFILL_ROWS][PREFILL_TOKENS];
     for (int k = 0; k < R; k++)
@@ -372,7 +372,7 @@ AV_INLINE void int8_packed_rows_tokens(const av_matrix *w, const int8_t *xq, con
         }
     }
     for (int k = 0; k < R; k++) {
-        int64_t r = tile * AV_NF4_TILE_ROWS + i + k;
+        int64_t r = tile * AV_PACK_TILE_ROWS + i + k;
         if (r >= w->rows) continue;
         for (int j = 0; j < T; j++)
             y[(int64_t)(t + j) * w->rows + r] = hsum8(acc[k][j]) * w->scale[r];
@@ -383,8 +383,8 @@ AV_INLINE void int8_packed_rows_tokens(const av_matrix *w, const int8_t *xq, con
  * nf4_packed_rows). */
 static void int8_packed_rows(const av_matrix *w, const int8_t *xq, const float *xd,
                              int n_tokens, float *y, int64_t r0, int64_t r1) {
-    const int64_t tile0 = r0 / AV_NF4_TILE_ROWS;
-    const int64_t tile1 = (r1 + AV_NF4_TILE_ROWS - 1) / AV_NF4_TILE_ROWS;
+    const int64_t tile0 = r0 / AV_PACK_TILE_ROWS;
+    const int64_t tile1 = (r1 + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
     if (n_tokens == 1) {
         for (int64_t tile = tile0; tile < tile1; tile++)
             int8_packed_decode_tile(w, xq, xd, y, tile);
@@ -394,7 +394,7 @@ static void int8_packed_rows(const av_matrix *w, const int8_t *xq, const float *
     for (int t0 = 0; t0 < n_tokens; t0 += block) {
         int t1 = n_tokens - t0 < block ? n_tokens : t0 + block;
         for (int64_t tile = tile0; tile < tile1; tile++)
-            for (int i = 0; i < AV_NF4_TILE_ROWS; i += PREFILL_ROWS) {
+            for (int i = 0; i < AV_PACK_TILE_ROWS; i += PREFILL_ROWS) {
                 int t = t0;
                 for (; t + PREFILL_TOKENS <= t1; t += PREFILL_TOKENS)
                     int8_packed_rows_tokens(w, xq, xd, y, tile, i, PREFILL_ROWS, t,
