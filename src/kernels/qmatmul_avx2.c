@@ -196,7 +196,8 @@ AV_INLINE void nf4_decode_block_rows(const av_matrix *w, const int8_t *xq, const
  * of the high and low nibbles. */
 AV_INLINE __m256i block_sums(__m256i w_even, __m256i w_odd, __m256i x_even, __m256i x_odd) {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256i p_even = _mm256_maddubs_epi16(_mm256_abs_epi8(w_even), _mm256_sign_epi8(x_even, w_even));
+    __m256i p_even =
+        _mm256_maddubs_epi16(_mm256_abs_epi8(w_even), _mm256_sign_epi8(x_even, w_even));
     __m256i p_odd = _mm256_maddubs_epi16(_mm256_abs_epi8(w_odd), _mm256_sign_epi8(x_odd, w_odd));
     return _mm256_add_epi32(_mm256_madd_epi16(p_even, ones), _mm256_madd_epi16(p_odd, ones));
 }
