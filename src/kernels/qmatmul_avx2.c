@@ -144,51 +144,6 @@ static int token_block(int64_t cols32) {
     return (int)block;
 }
 
-/* Decode (one token) of NF4 with bitsandbytes' 64-value blocks, R rows at
- * a time. One 32-byte load contains the codes of two groups, i.e. one block:
- * its high nibbles are the even values of both groups (group g in the low
- * lane, g + 1 in the high lane) and its low nibbles the odd values, so the
- * activations of the two groups are regrouped the same way once per block
- * and shared by the R rows. Lanes 0-3 of the int32 sums then belong to
- * group g and lanes 4-7 to g + 1, which is how the two activation scales are
- * laid out in `dx`. Per row and block this is one conversion and one FMA
- * instead of two, which roughly halves the instructions per weight of the
- * general tile. */
-AV_INLINE void nf4_decode_block_rows(const av_matrix *w, const int8_t *xq, const float *xd,
-                                     float *y, int64_t r, const int R) {
-    const int64_t n_groups = w->row_stride / AV_QGROUP;
-    const uint8_t *codes = (const uint8_t *)w->data;
-    const __m256i table = _mm256_broadcastsi128_si256(
-        _mm_loadu_si128((const __m128i *)av_nf4_levels_i8));
-    const __m256i low4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    __m256 acc[4];
-    for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps();
-
-    for (int64_t g = 0; g < n_groups; g += 2) {
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + g * AV_QGROUP));
-        __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (g + 1) * AV_QGROUP));
-        __m256i x_even = _mm256_permute2x128_si256(x0, x1, 0x20);
-        __m256i x_odd = _mm256_permute2x128_si256(x0, x1, 0x31);
-        __m256 dx = _mm256_setr_m128(_mm_set1_ps(xd[g]), _mm_set1_ps(xd[g + 1]));
-        for (int i = 0; i < R; i++) {
-            const int64_t group = (r + i) * n_groups + g;
-            __m256i c = _mm256_loadu_si256((const __m256i *)(codes + group * (AV_QGROUP / 2)));
-            __m256i w_even = _mm256_shuffle_epi8(table,
-                                                 _mm256_and_si256(_mm256_srli_epi16(c, 4), low4));
-            __m256i w_odd = _mm256_shuffle_epi8(table, _mm256_and_si256(c, low4));
-            __m256i p_even = _mm256_maddubs_epi16(_mm256_abs_epi8(w_even),
-                                                  _mm256_sign_epi8(x_even, w_even));
-            __m256i p_odd = _mm256_maddubs_epi16(_mm256_abs_epi8(w_odd),
-                                                 _mm256_sign_epi8(x_odd, w_odd));
-            __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(p_even, ones),
-                                           _mm256_madd_epi16(p_odd, ones));
-            __m256 scale = _mm256_mul_ps(dx, _mm256_set1_ps(w->scale[group >> 1]));
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc[i]);
-        }
-    }
-    for (int i = 0; i < R; i++) y[r + i] = hsum8(acc[i]) * (1.0f / 127.0f);
-}
-
 /* ---- packed NF4 ---------------------------------------------------------- */
 
 /* Integer sums of one row's block against activations in block order:
@@ -408,12 +363,6 @@ static void int8_packed_rows(const av_matrix *w, const int8_t *xq, const float *
 
 AV_INLINE void qmatmul_rows(const av_matrix *w, const int8_t *xq, const float *xd, int n_tokens,
                             float *y, int64_t r0, int64_t r1, const int nf4) {
-    if (nf4 && n_tokens == 1 && w->group_shift == 1 && (w->row_stride / AV_QGROUP) % 2 == 0) {
-        int64_t r = r0;
-        for (; r + 4 <= r1; r += 4) nf4_decode_block_rows(w, xq, xd, y, r, 4);
-        for (; r < r1; r++) nf4_decode_block_rows(w, xq, xd, y, r, 1);
-        return;
-    }
     int block = token_block(w->row_stride);
     for (int t0 = 0; t0 < n_tokens; t0 += block) {
         int t1 = n_tokens - t0 < block ? n_tokens : t0 + block;
