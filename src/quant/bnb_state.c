@@ -340,7 +340,8 @@ static av_status load_nf4_state(const av_checkpoint *ckpt, const char *name, int
                                 buf);
         return av_set_error(AV_ERR_FORMAT,
                             "%s: tensor '%s.quant_state.bitsandbytes__nf4' (the quant state) is "
-                            "missing",
+                            "missing; bitsandbytes saves it next to the weight, so the "
+                            "checkpoint is incomplete (save or quantize it again)",
                             av_checkpoint_dir(ckpt), name);
     }
     if (t->dtype != AV_DTYPE_U8 || t->ndim != 1)
@@ -433,6 +434,13 @@ static av_status load_nf4(const av_checkpoint *ckpt, const char *name, const av_
         if (weight->dtype == AV_DTYPE_F32 || weight->dtype == AV_DTYPE_F16 ||
             weight->dtype == AV_DTYPE_BF16)
             return unquantized_error(weight, "4-bit NF4");
+        if (weight->dtype == AV_DTYPE_I8)
+            return av_set_error(AV_ERR_FORMAT,
+                                "%s in %s: config.json's quantization_config declares 4-bit NF4 "
+                                "weights (U8), but this tensor is I8 (LLM.int8 rows?); the "
+                                "config and the weights disagree, so restore the config saved "
+                                "with the weights",
+                                name, weight->file);
         return av_set_error(AV_ERR_UNSUPPORTED,
                             "%s in %s: packed NF4 weights must be stored as U8 "
                             "(bnb_4bit_quant_storage \"uint8\"), found %s",

@@ -172,3 +172,23 @@ def test_config_claiming_int8_over_nf4_fails(run, quantized, tmp_path):
     err = proc.stderr.decode()
     assert "declares 8-bit" in err, err
     assert "disagree" in err, err
+
+
+def test_config_claiming_nf4_over_int8_fails(run, quantized, tmp_path):
+    broken = tmp_path / "broken"
+    nf4_config = json.loads((quantized["nf4"] / "config.json").read_text())
+    _edit_config(quantized["int8"], broken,
+                 lambda c: c.update(quantization_config=nf4_config["quantization_config"]))
+    proc = run("generate", "-m", broken, "-p", "Hi", "-n", 2)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert "declares 4-bit NF4" in err, err
+    assert "disagree" in err, err
+
+
+def test_int8_without_quantization_config_warns_in_info(run, quantized, tmp_path):
+    broken = tmp_path / "broken"
+    _edit_config(quantized["int8"], broken, lambda c: c.pop("quantization_config"))
+    info = run("info", "-m", broken)
+    assert info.returncode == 0
+    assert b"SCB is bitsandbytes quantization state" in info.stderr
