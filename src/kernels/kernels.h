@@ -76,7 +76,7 @@ typedef enum {
  * rearranged so that each thread reads one sequential stream. Rows form
  * tiles of AV_PACK_TILE_ROWS, the last tile padded with zero-scale rows.
  * For tile t, block b (columns 64b .. 64b + 63) and row i of the tile, step
- * s = t * (cols / 64) + b holds
+ * s = t * (cols / 64) + b contains
  *   data[s * 128 + 32 * i .. + 31]  the block's 32 code bytes in
  *                                   bitsandbytes' order (value 2j in the
  *                                   high nibble of byte j);
@@ -92,7 +92,7 @@ typedef enum {
  * INT8 packed: the same values in tiles of AV_PACK_TILE_ROWS rows, the last
  * tile padded with zero rows. For tile t, group g (columns 32g .. 32g + 31,
  * zero past cols) and row i of the tile, step s = t * (row_stride / 32) + g
- * holds data[s * 128 + 32 * i .. + 31]. scale[r] is the factor of row r, and
+ * contains data[s * 128 + 32 * i .. + 31]. scale[r] is the factor of row r, and
  * row_stride is cols rounded up to AV_QGROUP.
  */
 typedef struct {
@@ -127,9 +127,9 @@ void av_matrix_row(const av_matrix *w, int64_t row, float *out);
 av_status av_matrix_nf4(av_matrix *m, int64_t rows, int64_t cols, const uint8_t *codes,
                         const float *absmax, int blocksize);
 /* Repacks bitsandbytes NF4 codes and their dequantized absmax into the
- * packed layout, in one new allocation of 64-byte aligned memory returned
- * in *storage (the caller frees it with free() after the matrix), on the
- * threads of `pool` (NULL: the calling thread). Fails
+ * packed layout, on the threads of `pool` (NULL: the calling thread). The
+ * result is one new allocation of 64-byte aligned memory, returned in
+ * *storage, and the caller frees it with free() after the matrix. Fails
  * with AV_ERR_UNSUPPORTED when cols is not a multiple of AV_NF4_BLOCK or
  * the block size is AV_QGROUP (use av_matrix_nf4 then), AV_ERR_INVALID for
  * a block size that is not a power of two of at least AV_QGROUP, and
@@ -143,9 +143,10 @@ av_status av_matrix_int8(av_matrix *m, int64_t rows, int64_t cols, int64_t row_s
                          const int8_t *q, const float *row_scale);
 /* Copies int8 rows [rows, cols] (row-major, no padding) and their factors
  * row_scale[rows] into the packed INT8 layout, on the threads of `pool`
- * (NULL: the calling thread), in one new 64-byte aligned allocation
- * returned in *storage (freed by the caller with free()). Fails with
- * AV_ERR_INVALID for an empty or too large shape and AV_ERR_NOMEM. */
+ * (NULL: the calling thread). The result is one new 64-byte aligned
+ * allocation, returned in *storage and freed by the caller with free().
+ * Fails with AV_ERR_INVALID for an empty or too large shape, and with
+ * AV_ERR_NOMEM. */
 av_status av_matrix_int8_pack(av_matrix *m, int64_t rows, int64_t cols, const int8_t *q,
                               const float *row_scale, av_threadpool *pool, void **storage);
 /* Bytes a quantized matrix occupies: codes and scales. */

@@ -23,11 +23,11 @@
  * The loader repacks NF4 with 64-value blocks into AV_MATRIX_NF4_PACKED
  * and INT8 into AV_MATRIX_INT8_PACKED (kernels.h): the codes of four rows,
  * block by block, in one stream. The in-place NF4 layout reads four rows
- * and the scale array as five streams with a jump every 2 KiB, and on the
+ * and the scale array as five streams with a jump every 2 KiB. On the
  * 2-core AMD EPYC development machine its decode kernel reached about 55 %
- * of the memory bandwidth that a plain read gets (INT8 rows in place about
- * 70 %). One stream lets the hardware prefetcher run ahead, and the decode
- * kernels prefetch further: both measured 85-95 %.
+ * of the memory bandwidth that a plain read gets, and INT8 rows read in
+ * place about 70 %. One stream lets the hardware prefetcher run ahead, and
+ * the decode kernels prefetch further: both measured 85-95 %.
  *
  * Precision, against the exact f32 product of bitsandbytes' dequantized
  * weights (test_qmatmul's precision summary: 256 x 4096 weights, N(0, 1)
@@ -314,8 +314,8 @@ static int8_t round_to_i8(float v) {
     return (int8_t)lrintf(v);
 }
 
-/* Where value i of group g goes within the group pair that starts at
- * column (g & ~1) * 32 (see av_xorder). */
+/* Returns the index in xq of value i of group g under `order` (see
+ * av_xorder). */
 static int64_t xorder_slot(av_xorder order, int64_t g, int64_t n_groups, int i) {
     const int half = AV_QGROUP / 2;
     switch (order) {

@@ -22,10 +22,10 @@
  * 512 KiB L2.
  *
  * Packed NF4 (the layout the loader uses) reads a whole 64-value block,
- * two groups, per 32-byte load: its high nibbles are the even values of
+ * two groups, per 32-byte load. Its high nibbles are the even values of
  * both groups and its low nibbles the odd values, the order of
- * AV_XORDER_NF4_BLOCK activations, so lanes 0-3 of the int32 sums belong
- * to the first group and lanes 4-7 to the second. Decode takes the four
+ * AV_XORDER_NF4_BLOCK activations. Lanes 0-3 of the int32 sums therefore
+ * belong to the first group and lanes 4-7 to the second. Decode takes the four
  * rows of a tile at once, and prefill takes two rows of the tile with up to
  * three tokens, while the tile's codes (8 KiB for 4096 columns) stay in L1
  * for the next tokens. Packed INT8 is tiled the same way, one group of 32
@@ -42,7 +42,7 @@
 #define TILE_TOKENS 4
 #define TOKEN_BLOCK_BYTES (256 * 1024)
 #define TOKEN_BLOCK_MAX 128
-/* Packed NF4 decode asks for the codes this many bytes (8 steps) ahead of
+/* Packed decode prefetches the codes this many bytes (8 steps) ahead of
  * the block it computes. The hardware prefetcher alone left the 2-core
  * EPYC at 80-85 % of its plain-read bandwidth on 7B shapes, while 768 to
  * 1280 bytes ahead measured 85-95 % (bench/matmul_speed NF4). Prefetches past
