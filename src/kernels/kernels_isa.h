@@ -98,7 +98,7 @@ void av_qmatrix_row(const av_matrix *w, int64_t row, float *out);
 void av_quantize_row_scalar(const float *x, int64_t cols, av_xorder order, int8_t *xq,
                             float *xd);
 void av_quantize_row_avx2(const float *x, int64_t cols, av_xorder order, int8_t *xq, float *xd);
-/* The activation order the products of a quantized format expect. */
+/* Returns the activation order that the products of w's format expect. */
 av_xorder av_matrix_xorder(const av_matrix *w);
 
 #endif

@@ -104,6 +104,11 @@ av_status av_matrix_nf4(av_matrix *m, int64_t rows, int64_t cols, const uint8_t 
     return AV_OK;
 }
 
+/* Returns the row tiles of a packed matrix of `rows` rows. */
+static int64_t tile_count(int64_t rows) {
+    return (rows + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
+}
+
 /* Allocates n bytes of 64-byte aligned memory for a packed matrix. */
 static uint8_t *alloc_packed(size_t n) {
     size_t total = (n + 63) / 64 * 64;
@@ -118,8 +123,7 @@ static uint8_t *alloc_packed(size_t n) {
 /* Bytes of the code stream and scales of a packed NF4 matrix. */
 static void nf4_packed_sizes(int64_t rows, int64_t cols, size_t *code_bytes,
                              size_t *scale_bytes) {
-    int64_t tiles = (rows + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
-    int64_t steps = tiles * (cols / AV_NF4_BLOCK);
+    int64_t steps = tile_count(rows) * (cols / AV_NF4_BLOCK);
     *code_bytes = (size_t)steps * AV_PACK_TILE_ROWS * (AV_NF4_BLOCK / 2);
     *scale_bytes = (size_t)steps * AV_PACK_TILE_ROWS * sizeof(float);
 }
@@ -137,7 +141,7 @@ typedef struct {
  * touch of the new memory, which costs about as much as the copy. */
 static void nf4_pack_tiles(void *arg, int ith, int nth) {
     const nf4_pack_job *job = arg;
-    const int64_t tiles = (job->rows + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
+    const int64_t tiles = tile_count(job->rows);
     const int64_t n_blocks = job->cols / AV_NF4_BLOCK;
     const size_t block_bytes = AV_NF4_BLOCK / 2;
     for (int64_t tile = tiles * ith / nth; tile < tiles * (ith + 1) / nth; tile++) {
@@ -190,10 +194,7 @@ av_status av_matrix_nf4_pack(av_matrix *m, int64_t rows, int64_t cols, const uin
         .codes = codes, .absmax = absmax, .blocksize = blocksize, .rows = rows, .cols = cols,
         .dst = buf, .dst_scale = (float *)(buf + code_bytes),
     };
-    if (pool)
-        av_threadpool_run(pool, nf4_pack_tiles, &job);
-    else
-        nf4_pack_tiles(&job, 0, 1);
+    av_threadpool_run(pool, nf4_pack_tiles, &job); /* a NULL pool runs it here */
     m->format = AV_MATRIX_NF4_PACKED;
     m->data = buf;
     m->scale = job.dst_scale;
@@ -232,7 +233,7 @@ typedef struct {
 /* Packs this thread's share of the row tiles (see nf4_pack_tiles). */
 static void int8_pack_tiles(void *arg, int ith, int nth) {
     const int8_pack_job *job = arg;
-    const int64_t tiles = (job->rows + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
+    const int64_t tiles = tile_count(job->rows);
     for (int64_t tile = tiles * ith / nth; tile < tiles * (ith + 1) / nth; tile++) {
         int8_t *dst = job->dst + (size_t)(tile * job->n_groups) * AV_PACK_TILE_ROWS * AV_QGROUP;
         for (int64_t g = 0; g < job->n_groups; g++)
@@ -254,8 +255,7 @@ av_status av_matrix_int8_pack(av_matrix *m, int64_t rows, int64_t cols, const in
         return av_set_error(AV_ERR_INVALID, "INT8 matrix: shape [%lld, %lld] is empty or too "
                             "large to pack", (long long)rows, (long long)cols);
     const int64_t stride = round_up_group(cols);
-    const int64_t tiles = (rows + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
-    const size_t code_bytes = (size_t)(tiles * AV_PACK_TILE_ROWS * stride);
+    const size_t code_bytes = (size_t)(tile_count(rows) * AV_PACK_TILE_ROWS * stride);
     const size_t bytes = code_bytes + (size_t)rows * sizeof(float);
     uint8_t *buf = alloc_packed(bytes);
     if (!buf)
@@ -263,10 +263,7 @@ av_status av_matrix_int8_pack(av_matrix *m, int64_t rows, int64_t cols, const in
                             "bytes of packed rows", (long long)rows, (long long)cols, bytes);
     int8_pack_job job = {.q = q, .rows = rows, .cols = cols, .n_groups = stride / AV_QGROUP,
                          .dst = (int8_t *)buf};
-    if (pool)
-        av_threadpool_run(pool, int8_pack_tiles, &job);
-    else
-        int8_pack_tiles(&job, 0, 1);
+    av_threadpool_run(pool, int8_pack_tiles, &job);
     float *scale = (float *)(buf + code_bytes); /* code_bytes is a multiple of 128 */
     memcpy(scale, row_scale, (size_t)rows * sizeof(float));
     m->dtype = AV_DTYPE_I8;
@@ -295,8 +292,7 @@ uint64_t av_matrix_bytes(const av_matrix *m) {
     case AV_MATRIX_INT8:
         return (uint64_t)m->rows * (uint64_t)m->row_stride + (uint64_t)m->rows * sizeof(float);
     case AV_MATRIX_INT8_PACKED: {
-        uint64_t tiles = ((uint64_t)m->rows + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
-        return tiles * AV_PACK_TILE_ROWS * (uint64_t)m->row_stride +
+        return (uint64_t)tile_count(m->rows) * AV_PACK_TILE_ROWS * (uint64_t)m->row_stride +
                (uint64_t)m->rows * sizeof(float);
     }
     case AV_MATRIX_DENSE: break;

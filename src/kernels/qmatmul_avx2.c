@@ -146,9 +146,9 @@ static int token_block(int64_t cols32) {
 
 /* ---- packed NF4 ---------------------------------------------------------- */
 
-/* Integer sums of one row's block against activations in block order:
- * lanes 0-3 group 2b, lanes 4-7 group 2b + 1. w_even/w_odd are the levels
- * of the high and low nibbles. */
+/* Returns the integer sums of one row's block against activations in block
+ * order: lanes 0-3 group 2b, lanes 4-7 group 2b + 1. w_even/w_odd are the
+ * levels of the high and low nibbles. */
 AV_INLINE __m256i block_sums(__m256i w_even, __m256i w_odd, __m256i x_even, __m256i x_odd) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i p_even =
@@ -157,7 +157,8 @@ AV_INLINE __m256i block_sums(__m256i w_even, __m256i w_odd, __m256i x_even, __m2
     return _mm256_add_epi32(_mm256_madd_epi16(p_even, ones), _mm256_madd_epi16(p_odd, ones));
 }
 
-/* Levels of the high (even) and low (odd) nibbles of 32 code bytes. */
+/* Decodes 32 code bytes into the levels of their high (even) and low (odd)
+ * nibbles. */
 AV_INLINE void decode_block(const uint8_t *codes, __m256i table, __m256i *w_even,
                             __m256i *w_odd) {
     const __m256i low4 = _mm256_set1_epi8(15);
@@ -166,7 +167,7 @@ AV_INLINE void decode_block(const uint8_t *codes, __m256i table, __m256i *w_even
     *w_odd = _mm256_shuffle_epi8(table, _mm256_and_si256(c, low4));
 }
 
-/* Decode: the 4 rows of tile `tile` for one token. */
+/* Computes the 4 rows of tile `tile` for one token (decode). */
 static void nf4_packed_decode_tile(const av_matrix *w, const int8_t *xq, const float *xd,
                                    float *y, int64_t tile) {
     const int64_t n_blocks = w->cols / AV_NF4_BLOCK;
@@ -198,8 +199,8 @@ static void nf4_packed_decode_tile(const av_matrix *w, const int8_t *xq, const f
     }
 }
 
-/* Prefill: rows i .. i + R - 1 of tile `tile` for T tokens t .. t + T - 1
- * (R <= PREFILL_ROWS, T <= PREFILL_TOKENS). */
+/* Computes rows i .. i + R - 1 of tile `tile` for T tokens t .. t + T - 1
+ * (prefill, R <= PREFILL_ROWS, T <= PREFILL_TOKENS). */
 AV_INLINE void nf4_packed_rows_tokens(const av_matrix *w, const int8_t *xq, const float *xd,
                                       float *y, int64_t tile, int i, const int R, int t,
                                       const int T) {
@@ -240,41 +241,15 @@ AV_INLINE void nf4_packed_rows_tokens(const av_matrix *w, const int8_t *xq, cons
     }
 }
 
-/* Computes rows [r0, r1) of a packed NF4 product. r0 is a multiple of
- * AV_PACK_TILE_ROWS, and so is r1 unless it is the row count. */
-static void nf4_packed_rows(const av_matrix *w, const int8_t *xq, const float *xd,
-                            int n_tokens, float *y, int64_t r0, int64_t r1) {
-    const int64_t tile0 = r0 / AV_PACK_TILE_ROWS;
-    const int64_t tile1 = (r1 + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
-    if (n_tokens == 1) {
-        for (int64_t tile = tile0; tile < tile1; tile++)
-            nf4_packed_decode_tile(w, xq, xd, y, tile);
-        return;
-    }
-    int block = token_block(w->cols);
-    for (int t0 = 0; t0 < n_tokens; t0 += block) {
-        int t1 = n_tokens - t0 < block ? n_tokens : t0 + block;
-        for (int64_t tile = tile0; tile < tile1; tile++)
-            for (int i = 0; i < AV_PACK_TILE_ROWS; i += PREFILL_ROWS) {
-                int t = t0;
-                for (; t + PREFILL_TOKENS <= t1; t += PREFILL_TOKENS)
-                    nf4_packed_rows_tokens(w, xq, xd, y, tile, i, PREFILL_ROWS, t,
-                                           PREFILL_TOKENS);
-                if (t1 - t == 2) nf4_packed_rows_tokens(w, xq, xd, y, tile, i, PREFILL_ROWS, t, 2);
-                if (t1 - t == 1) nf4_packed_rows_tokens(w, xq, xd, y, tile, i, PREFILL_ROWS, t, 1);
-            }
-    }
-}
-
 /* ---- packed INT8 ----------------------------------------------------------- */
 
-/* Integer sums of 32 int8 weights against 32 int8 activations. */
+/* Returns the integer sums of 32 int8 weights against 32 int8 activations. */
 AV_INLINE __m256i group_sums(__m256i w, __m256i x) {
     __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
     return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 }
 
-/* Decode: the 4 rows of tile `tile` of a packed INT8 matrix for one token. */
+/* Computes the 4 rows of tile `tile` of a packed INT8 matrix for one token. */
 static void int8_packed_decode_tile(const av_matrix *w, const int8_t *xq, const float *xd,
                                     float *y, int64_t tile) {
     const int64_t n_groups = w->row_stride / AV_QGROUP;
@@ -299,7 +274,8 @@ static void int8_packed_decode_tile(const av_matrix *w, const int8_t *xq, const 
     }
 }
 
-/* Prefill: rows i .. i + R - 1 of tile `tile` for T tokens t .. t + T - 1. */
+/* Computes rows i .. i + R - 1 of tile `tile` of a packed INT8 matrix for T
+ * tokens t .. t + T - 1 (prefill). */
 AV_INLINE void int8_packed_rows_tokens(const av_matrix *w, const int8_t *xq, const float *xd,
                                        float *y, int64_t tile, int i, const int R, int t,
                                        const int T) {
@@ -311,18 +287,15 @@ AV_INLINE void int8_packed_rows_tokens(const av_matrix *w, const int8_t *xq, con
         for (int j = 0; j < T; j++) acc[k][j] = _mm256_setzero_ps();
 
     for (int64_t g = 0; g < n_groups; g++, q += step_bytes) {
-        __m256i wv[PREFILL_ROWS], aw[PREFILL_ROWS];
-        for (int k = 0; k < R; k++) {
+        __m256i wv[PREFILL_ROWS];
+        for (int k = 0; k < R; k++)
             wv[k] = _mm256_loadu_si256((const __m256i *)(q + k * AV_QGROUP));
-            aw[k] = _mm256_abs_epi8(wv[k]);
-        }
         for (int j = 0; j < T; j++) {
             const int64_t xg = (int64_t)(t + j) * n_groups + g;
             __m256i x = _mm256_loadu_si256((const __m256i *)(xq + xg * AV_QGROUP));
             __m256 dx = _mm256_set1_ps(xd[xg]);
             for (int k = 0; k < R; k++) {
-                __m256i pairs = _mm256_maddubs_epi16(aw[k], _mm256_sign_epi8(x, wv[k]));
-                __m256i sum = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+                __m256i sum = group_sums(wv[k], x);
                 acc[k][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), dx, acc[k][j]);
             }
         }
@@ -335,15 +308,30 @@ AV_INLINE void int8_packed_rows_tokens(const av_matrix *w, const int8_t *xq, con
     }
 }
 
-/* Computes rows [r0, r1) of a packed INT8 product (r0 and r1 as for
- * nf4_packed_rows). */
-static void int8_packed_rows(const av_matrix *w, const int8_t *xq, const float *xd,
-                             int n_tokens, float *y, int64_t r0, int64_t r1) {
+/* ---- packed driver ---------------------------------------------------------- */
+
+AV_INLINE void packed_rows_tokens(const av_matrix *w, const int8_t *xq, const float *xd,
+                                  float *y, int64_t tile, int i, int t, const int T,
+                                  const int nf4) {
+    if (nf4)
+        nf4_packed_rows_tokens(w, xq, xd, y, tile, i, PREFILL_ROWS, t, T);
+    else
+        int8_packed_rows_tokens(w, xq, xd, y, tile, i, PREFILL_ROWS, t, T);
+}
+
+/* Computes rows [r0, r1) of a packed NF4 or INT8 product. r0 is a multiple
+ * of AV_PACK_TILE_ROWS, and so is r1 unless it is the row count. */
+AV_INLINE void packed_rows(const av_matrix *w, const int8_t *xq, const float *xd, int n_tokens,
+                           float *y, int64_t r0, int64_t r1, const int nf4) {
     const int64_t tile0 = r0 / AV_PACK_TILE_ROWS;
     const int64_t tile1 = (r1 + AV_PACK_TILE_ROWS - 1) / AV_PACK_TILE_ROWS;
     if (n_tokens == 1) {
-        for (int64_t tile = tile0; tile < tile1; tile++)
-            int8_packed_decode_tile(w, xq, xd, y, tile);
+        for (int64_t tile = tile0; tile < tile1; tile++) {
+            if (nf4)
+                nf4_packed_decode_tile(w, xq, xd, y, tile);
+            else
+                int8_packed_decode_tile(w, xq, xd, y, tile);
+        }
         return;
     }
     int block = token_block(w->row_stride);
@@ -353,12 +341,21 @@ static void int8_packed_rows(const av_matrix *w, const int8_t *xq, const float *
             for (int i = 0; i < AV_PACK_TILE_ROWS; i += PREFILL_ROWS) {
                 int t = t0;
                 for (; t + PREFILL_TOKENS <= t1; t += PREFILL_TOKENS)
-                    int8_packed_rows_tokens(w, xq, xd, y, tile, i, PREFILL_ROWS, t,
-                                            PREFILL_TOKENS);
-                if (t1 - t == 2) int8_packed_rows_tokens(w, xq, xd, y, tile, i, PREFILL_ROWS, t, 2);
-                if (t1 - t == 1) int8_packed_rows_tokens(w, xq, xd, y, tile, i, PREFILL_ROWS, t, 1);
+                    packed_rows_tokens(w, xq, xd, y, tile, i, t, PREFILL_TOKENS, nf4);
+                if (t1 - t == 2) packed_rows_tokens(w, xq, xd, y, tile, i, t, 2, nf4);
+                if (t1 - t == 1) packed_rows_tokens(w, xq, xd, y, tile, i, t, 1, nf4);
             }
     }
+}
+
+static void nf4_packed_rows(const av_matrix *w, const int8_t *xq, const float *xd,
+                            int n_tokens, float *y, int64_t r0, int64_t r1) {
+    packed_rows(w, xq, xd, n_tokens, y, r0, r1, 1);
+}
+
+static void int8_packed_rows(const av_matrix *w, const int8_t *xq, const float *xd,
+                             int n_tokens, float *y, int64_t r0, int64_t r1) {
+    packed_rows(w, xq, xd, n_tokens, y, r0, r1, 0);
 }
 
 AV_INLINE void qmatmul_rows(const av_matrix *w, const int8_t *xq, const float *xd, int n_tokens,

@@ -57,9 +57,9 @@ int av_checkpoint_file_count(const av_checkpoint *ckpt);
 const char *av_checkpoint_file_path(const av_checkpoint *ckpt, int index);
 
 /* Tells the system that the process no longer needs the `bytes` bytes of
- * tensor data at `data` (because it made its own copy, as the NF4 packing
- * does), so the pages stop counting in its resident memory. The data stays
- * readable: the pages are read back from the file if touched again. Does
+ * tensor data at `data` (because it made its own copy, as the packed
+ * layouts do), so the pages stop counting in its resident memory. The data
+ * stays readable: the pages are read back from the file if touched again. Does
  * nothing when the range is not inside one of the checkpoint's file maps. */
 void av_checkpoint_release(const av_checkpoint *ckpt, const void *data, size_t bytes);
 void av_safetensors_release(const av_safetensors *st, const void *data, size_t bytes);
